@@ -1,0 +1,1 @@
+"""The ``frgnet-wsi`` command line (installed as the package ``wsi_frgnet.cli``)."""

@@ -1,0 +1,63 @@
+"""Pieces shared by the commands: user-error handling, logging set-up and common options."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from wsi_frgnet.errors import InputError
+
+
+def handles_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn an InputError (or a ValueError from a bad option value) into a one-line message
+    and exit status 2; Ctrl-C into exit status 130. No traceback for the user."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except InputError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def configure_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s: %(message)s")
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or progress messages.")
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.",
+)
+
+
+def threshold_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--score-threshold, --nms-threshold, --guide-threshold (default: the model's own)."""
+    for name, text in reversed(
+        [
+            ("--score-threshold", "Minimum detection probability [default: the model's]."),
+            ("--nms-threshold", "Box IoU above which overlapping detections are merged [default: the model's]."),
+            ("--guide-threshold", "Drop nuclei whose predicted guide stays below this; 0 disables [default: the model's]."),
+        ]
+    ):
+        command = click.option(name, type=click.FloatRange(0.0, 1.0), default=None, help=text)(command)
+    return command
+
+
+model_option = click.option(
+    "--model", "-m", "model_path", type=click.Path(path_type=Path), required=True, help="Model file (.pt) written by frgnet-wsi train."
+)

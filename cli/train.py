@@ -1,0 +1,72 @@
+"""``frgnet-wsi train DATA_DIR -o model.pt``."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import click
+
+from wsi_frgnet.config import GUIDE_MODES, ModelConfig, TrainingConfig
+from wsi_frgnet.cli.common import configure_logging, device_option, handles_user_errors, quiet_option
+
+_DEFAULTS = TrainingConfig()
+
+
+@click.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Model file to write (best on validation, else last).")
+@click.option("--validation", type=click.Path(path_type=Path), help="Validation data folder, or a text file of image names of DATA_DIR to hold out.")
+@click.option("--validation-fraction", type=float, help="Hold out this fraction of DATA_DIR's images at random (seeded).")
+@click.option("--epochs", type=int, default=_DEFAULTS.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True)
+@click.option("--learning-rate", type=float, default=_DEFAULTS.learning_rate, show_default=True, help="AdamW peak learning rate.")
+@click.option("--warmup-epochs", type=float, default=_DEFAULTS.warmup_epochs, show_default=True, help="Linear warm-up, then cosine decay.")
+@click.option("--crop-size", type=int, default=_DEFAULTS.crop_size, show_default=True, help="Training crop side, px (multiple of 32).")
+@click.option("--mpp", type=float, help="µm/px of the data (default: from DATA_DIR/manifest.json); stored in the model.")
+@click.option("--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed, show_default=True)
+@click.option("--validate-every", type=int, default=_DEFAULTS.validate_every, show_default=True, help="Epochs between validation passes.")
+@click.option("--workers", type=click.IntRange(min=0), default=_DEFAULTS.workers, show_default=True, help="Data-loading processes (0: in the main process).")
+@click.option("--architecture", type=click.Choice(["default", "tiny"]), default="default", show_default=True, help="Network size; tiny is for tests and smoke runs.")
+@click.option("--guide", type=click.Choice(GUIDE_MODES), default="soft", show_default=True, help="Fourier guide target; none turns the guide module off.")
+@click.option("--contrastive/--no-contrastive", default=True, show_default=True, help="Guide-based instance-level contrastive loss (GILC).")
+@click.option("--mixed-precision/--no-mixed-precision", default=True, show_default=True, help="bf16 autocast on CUDA.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run whose state lies beside --output.")
+@device_option
+@quiet_option
+@handles_user_errors
+def train(data_dir: Path, output: Path, validation: Path | None, validation_fraction: float | None, epochs: int, batch_size: int,
+          learning_rate: float, warmup_epochs: float, crop_size: int, mpp: float | None, seed: int, validate_every: int,
+          workers: int, architecture: str, guide: str, contrastive: bool, mixed_precision: bool, resume: bool,
+          device: str, quiet: bool) -> None:
+    """Train an FrGNet on DATA_DIR (images/ and labels/ with the same file stems).
+
+    Writes the model (best validation PQ when there is validation data), its per-epoch
+    metrics log (<output>.log.jsonl) and a resumable state (<output>.resume.pt).
+    """
+    configure_logging(quiet)
+    from wsi_frgnet.devices import resolve_device  # imports torch
+    from wsi_frgnet.training import TrainingRun, train_from_folder
+
+    try:
+        base = ModelConfig.tiny() if architecture == "tiny" else ModelConfig()
+        model_config = ModelConfig(**{**vars(base), "guide": guide, "contrastive": contrastive})
+        training = TrainingConfig(
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup_epochs=warmup_epochs,
+            crop_size=crop_size, seed=seed, validate_every=validate_every, workers=workers,
+            mixed_precision=mixed_precision,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
+        raise click.BadParameter(f"--mpp must be a positive number, not {mpp}")
+    run = TrainingRun(
+        output=output, model_config=model_config, training=training, microns_per_pixel=mpp,
+        device=resolve_device(device), resume=resume, quiet=quiet,
+        provenance={"command": " ".join(["frgnet-wsi", *sys.argv[1:]])},
+    )
+    summary = train_from_folder(run, data_dir, validation, validation_fraction)
+    best = summary["best_pq"]
+    detail = f"best validation PQ {best:.3f}" if best >= 0 else "no validation data"
+    click.echo(f"Wrote {output}: {detail}, {summary['seconds'] / 60:.1f} min.")

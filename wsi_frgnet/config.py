@@ -1,0 +1,164 @@
+"""Configuration as frozen dataclasses: the single source of defaults for library and CLI."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+GuideMode = Literal["soft", "hard", "none"]
+GUIDE_MODES: tuple[str, ...] = ("soft", "hard", "none")
+
+# Per-channel mean / std of RGB in [0, 1] used to normalise network input (H&E-typical values).
+DEFAULT_MEAN = (0.70, 0.52, 0.70)
+DEFAULT_STD = (0.16, 0.20, 0.15)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of an FrGNet.
+
+    Encoder level i has stride 2**(i+1): level 0 (F0) is the stem at stride 2, then one
+    residual stage per further level. The CPN heads read decoder level 1 (stride 4), the guide
+    and refinement heads decoder level 0 (stride 2).
+    """
+
+    encoder_widths: tuple[int, ...] = (32, 48, 96, 160, 256)
+    encoder_blocks: tuple[int, ...] = (1, 2, 2, 2)
+    decoder_widths: tuple[int, ...] = (32, 64, 64, 96, 128)
+    head_width: int = 32
+    fourier_order: int = 12
+    contour_points: int = 64
+    refinement_buckets: int = 8
+    refinement_iterations: int = 4
+    refinement_margin: float = 3.0
+    guide: GuideMode = "soft"
+    contrastive: bool = True
+    projection_dim: int = 128
+
+    def __post_init__(self) -> None:
+        if len(self.encoder_widths) != len(self.encoder_blocks) + 1:
+            raise ValueError("encoder_widths needs one entry more than encoder_blocks (the stem)")
+        if len(self.decoder_widths) != len(self.encoder_widths):
+            raise ValueError("decoder_widths needs one entry per encoder level")
+        if len(self.encoder_widths) < 3:
+            raise ValueError("the network needs at least levels 0 and 1 plus one deeper level")
+        if self.guide not in GUIDE_MODES:
+            raise ValueError(f"guide must be one of {GUIDE_MODES}, not {self.guide!r}")
+
+    @property
+    def head_stride(self) -> int:
+        """Stride (input px per cell) of the score / location / Fourier maps."""
+        return 4
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (the deepest stride)."""
+        return 2 ** len(self.encoder_widths)
+
+    @property
+    def uses_guide(self) -> bool:
+        return self.guide != "none"
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "ModelConfig":
+        """A very small network for tests and smoke runs (a few thousand parameters)."""
+        base = dict(
+            encoder_widths=(8, 8, 16, 16),
+            encoder_blocks=(1, 1, 1),
+            decoder_widths=(8, 16, 16, 16),
+            head_width=16,
+            fourier_order=6,
+            contour_points=32,
+            refinement_buckets=4,
+            refinement_iterations=2,
+            projection_dim=16,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """How label maps become training targets (METHOD.md §3, §8)."""
+
+    core_threshold: float = 0.8  # normalised distance to the border >= this: score foreground
+    ignore_threshold: float = 0.5  # between this and core_threshold: ignored by the score loss
+    min_area: int = 20  # instances smaller than this (px) are ignored, not taught as background
+    min_kept_fraction: float = 0.1  # instances cut by a crop to less than this share are ignored
+    guide_radius: int = 1  # FFT high-pass radius R (METHOD.md §2)
+    hard_guide_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the training losses (METHOD.md §3)."""
+
+    instance: float = 1.0
+    guide: float = 1.0
+    contrastive: float = 1.0
+    fourier: float = 1.0
+    location: float = 1.0
+    contour: float = 3.0
+    refinement: float = 1.0
+    temperature: float = 0.1
+    anchors_per_image: int = 64
+    negatives_per_image: int = 256
+    guide_high: float = 0.7
+    guide_low: float = 0.3
+    max_proposals: int = 1024  # proposals per batch that enter the contour losses
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Network output → polygons (METHOD.md §5). Thresholds are stored in checkpoints."""
+
+    score_threshold: float = 0.9
+    nms_threshold: float = 0.3  # box IoU above which the lower-scoring contour is dropped
+    guide_threshold: float = 0.5  # 0 disables the guide filter
+    min_area: float = 20.0  # px²; smaller polygons are dropped
+
+    def __post_init__(self) -> None:
+        for name in ("score_threshold", "nms_threshold", "guide_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], not {value}")
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Build a config dataclass from a stored dict (lists back to tuples, unknown keys refused)."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation schedule: AdamW, linear warm-up then cosine decay to 1 % of the rate."""
+
+    epochs: int = 50
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 2.0
+    crop_size: int = 256
+    seed: int = 0
+    validate_every: int = 1  # epochs between validation passes
+    workers: int = 2  # data-loading processes
+    mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on CPU
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.validate_every < 1:
+            raise ValueError("epochs, batch_size and validate_every must be at least 1")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError("learning_rate must be a positive number")
+        if self.workers < 0 or self.seed < 0:
+            raise ValueError("workers and seed must not be negative")
+        if self.crop_size < 32 or self.crop_size % 32:
+            raise ValueError("crop_size must be a positive multiple of 32")

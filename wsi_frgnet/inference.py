@@ -1,0 +1,118 @@
+"""Whole-image inference: an RGB array in, nuclei (and the predicted guide) out.
+
+For images that fit in memory at once (training crops, validation images, tiles); whole
+slides are tiled by the slide pipeline, which calls the same network and post-processing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from wsi_frgnet.checkpoint import ModelCheckpoint, load_checkpoint
+from wsi_frgnet.config import PostprocessConfig
+from wsi_frgnet.contours import polygons_to_label_map
+from wsi_frgnet.errors import InputError
+from wsi_frgnet.model import FrgNet
+from wsi_frgnet.postprocess import Nucleus, decode_nuclei
+
+
+@dataclass
+class ImagePrediction:
+    """Nuclei of one image (highest score first) and its guide map (H, W) in [0, 1] or None."""
+
+    nuclei: list[Nucleus]
+    guide: np.ndarray | None
+    shape: tuple[int, int]
+
+    def label_map(self) -> np.ndarray:
+        """Instance label map (int32, 0 background); higher-scoring nuclei win overlaps."""
+        return polygons_to_label_map([n.polygon for n in self.nuclei], self.shape)
+
+
+def images_to_tensor(
+    images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str
+) -> torch.Tensor:
+    """(B, H, W, 3) uint8 → normalised (B, 3, H, W) float32 on ``device``, dense NCHW."""
+    tensor = torch.from_numpy(np.require(images, np.uint8, ['C', 'W'])).to(device).permute(0, 3, 1, 2).float() / 255.0
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    return ((tensor - mean_t) / std_t).contiguous()
+
+
+def pad_to_multiple(tensor: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (B, C, H, W) at the bottom / right by reflection up to multiples of ``multiple``."""
+    height, width = tensor.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h == 0 and pad_w == 0:
+        return tensor
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(tensor, (0, pad_w, 0, pad_h), mode=mode)
+
+
+@torch.no_grad()
+def predict_image(
+    model: FrgNet,
+    rgb: np.ndarray,
+    postprocess: PostprocessConfig,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    autocast_dtype: torch.dtype | None = None,
+) -> ImagePrediction:
+    """Segment one (H, W, 3) uint8 image in a single network pass (model in eval mode)."""
+    device = next(model.parameters()).device
+    height, width = rgb.shape[:2]
+    tensor = pad_to_multiple(images_to_tensor(rgb[None], mean, std, device), model.config.size_multiple)
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        output = model(tensor)
+    nuclei, guide = decode_nuclei(output, 0, model.config, postprocess, valid_size=(height, width))
+    return ImagePrediction(nuclei=nuclei, guide=guide, shape=(height, width))
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with the normalisation and thresholds it was stored with."""
+
+    network: FrgNet
+    checkpoint: ModelCheckpoint
+    postprocess: PostprocessConfig
+
+    def predict(self, rgb: np.ndarray) -> ImagePrediction:
+        return predict_image(self.network, rgb, self.postprocess, self.checkpoint.mean, self.checkpoint.std)
+
+    def segment(self, rgb: np.ndarray) -> np.ndarray:
+        """Instance label map (H, W) int32 of an RGB image."""
+        return self.predict(rgb).label_map()
+
+
+def load_model(
+    path: Path,
+    device: torch.device | str = "cpu",
+    score_threshold: float | None = None,
+    nms_threshold: float | None = None,
+    guide_threshold: float | None = None,
+) -> LoadedModel:
+    """Load a model file for inference; thresholds left as None keep the checkpoint's values."""
+    checkpoint = load_checkpoint(Path(path))
+    overrides = {
+        name: value
+        for name, value in (
+            ("score_threshold", score_threshold),
+            ("nms_threshold", nms_threshold),
+            ("guide_threshold", guide_threshold),
+        )
+        if value is not None
+    }
+    return LoadedModel(checkpoint.build_model(device), checkpoint, replace(checkpoint.postprocess, **overrides))
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the package; InputError when this installation has none."""
+    path = Path(__file__).parent / "models" / "default.pt"
+    if not path.is_file():
+        raise InputError("no --model given and this installation ships no default model; pass --model PATH")
+    return path

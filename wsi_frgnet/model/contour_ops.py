@@ -1,0 +1,84 @@
+"""Differentiable contour math: Fourier coefficients → contour points, and refinement.
+
+Frame: input pixels (x right, y down, pixel centre at index + 0.5).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+
+def fourier_basis(order: int, samples: int, device: torch.device | None = None) -> torch.Tensor:
+    """(samples, order, 2) tensor of cos 2πkt, sin 2πkt at t = i / samples, k = 1..order."""
+    t = torch.arange(samples, device=device, dtype=torch.float32) / samples
+    k = torch.arange(1, order + 1, device=device, dtype=torch.float32)
+    phase = 2.0 * math.pi * t[:, None] * k[None, :]
+    return torch.stack([torch.cos(phase), torch.sin(phase)], dim=-1)
+
+
+def decode_contours(centres: torch.Tensor, coefficients: torch.Tensor, samples: int) -> torch.Tensor:
+    """Contours (N, samples, 2) from centres (N, 2) and coefficients (N, K, 4) = (a, b, c, d)."""
+    basis = fourier_basis(coefficients.shape[1], samples, coefficients.device).to(coefficients.dtype)
+    cos, sin = basis[..., 0], basis[..., 1]  # (S, K)
+    x = cos @ coefficients[..., 0].T + sin @ coefficients[..., 1].T  # (S, N)
+    y = cos @ coefficients[..., 2].T + sin @ coefficients[..., 3].T
+    return torch.stack([x.T, y.T], dim=-1) + centres[:, None, :]
+
+
+def _bucket_weights(samples: int, buckets: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each contour point: its two neighbouring buckets and the weight of the second."""
+    position = torch.arange(samples, device=device, dtype=torch.float32) * buckets / samples
+    first = torch.floor(position).long() % buckets
+    return first, (first + 1) % buckets, position - torch.floor(position)
+
+
+def refine_contours(
+    contours: torch.Tensor,
+    image_index: torch.Tensor,
+    refinement: torch.Tensor,
+    iterations: int,
+    input_size: tuple[int, int],
+) -> list[torch.Tensor]:
+    """Move contour points by the refinement field, ``iterations`` times.
+
+    contours: (N, S, 2) in input px; image_index: (N,) batch index of each contour;
+    refinement: (B, 2 * buckets, h, w) offsets in px on a grid covering the whole input of
+    ``input_size`` = (height, width) px (any stride). Each point reads the field at its current position (bilinear), interpolated
+    between the two buckets nearest to its index along the contour.
+    Returns the contour after each iteration.
+    """
+    batch, channels = refinement.shape[:2]
+    buckets = channels // 2
+    samples = contours.shape[1]
+    first, second, weight = _bucket_weights(samples, buckets, contours.device)
+    points_index = torch.arange(samples, device=contours.device)
+    input_height, input_width = input_size
+    outputs = []
+    current = contours
+    for _ in range(iterations):
+        moved = torch.empty_like(current)
+        for b in range(batch):
+            selected = image_index == b
+            if not bool(selected.any()):
+                continue
+            points = current[selected]  # (n, S, 2)
+            # grid_sample's backward corrupts memory on channels-last slices: use a dense copy.
+            field_b = refinement[b : b + 1].contiguous()
+            # With align_corners=False, -1 and 1 are the outer edges of the input image.
+            grid = torch.stack([points[..., 0] / input_width, points[..., 1] / input_height], dim=-1)
+            sampled = F.grid_sample(
+                field_b, (grid * 2.0 - 1.0)[None].to(refinement.dtype), mode="bilinear",
+                padding_mode="border", align_corners=False,
+            )[0]  # (2 * buckets, n, S)
+            field = sampled.view(buckets, 2, *sampled.shape[1:])  # (buckets, 2, n, S)
+            v_first = field[first, :, :, points_index]  # (S, 2, n)
+            v_second = field[second, :, :, points_index]
+            w = weight[:, None, None]
+            vectors = ((1.0 - w) * v_first + w * v_second).permute(2, 0, 1)  # (n, S, 2)
+            moved[selected] = points + vectors.to(points.dtype)
+        current = moved
+        outputs.append(current)
+    return outputs

@@ -1,0 +1,111 @@
+"""Training samples: random augmented crops of labelled images with their targets, and batching."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from wsi_frgnet.augment import dihedral, stain_jitter
+from wsi_frgnet.config import ModelConfig, TargetConfig
+from wsi_frgnet.losses import BatchTargets
+from wsi_frgnet.targets import CropTargets, build_targets
+
+
+@dataclass
+class LabelledArray:
+    """One training image in memory: RGB (H, W, 3) uint8 and instance labels (H, W) int32."""
+
+    name: str
+    rgb: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        areas = np.bincount(self.labels.ravel())
+        self.areas = {int(i): int(a) for i, a in enumerate(areas) if i > 0 and a > 0}
+
+
+class RandomCrops(Dataset):
+    """Square crops drawn at random from the images, augmented, with their targets.
+
+    One epoch draws about as many crop pixels as the images hold: ceil(H * W / crop²) crops
+    per image. Sample ``i`` of epoch ``e`` is a pure function of (seed, e, i), so a run is
+    reproducible whatever the number of loader workers. Images smaller than the crop are
+    padded with white background and no labels.
+    """
+
+    def __init__(
+        self,
+        images: list[LabelledArray],
+        crop_size: int,
+        model_config: ModelConfig,
+        target_config: TargetConfig,
+        seed: int,
+        augment: bool = True,
+    ) -> None:
+        if crop_size % model_config.size_multiple:
+            raise ValueError(f"crop size must be a multiple of {model_config.size_multiple}")
+        self.images = images
+        self.crop_size = crop_size
+        self.model_config = model_config
+        self.target_config = target_config
+        self.seed = seed
+        self.augment = augment
+        self.epoch = 0
+        self.image_of_sample = [
+            index
+            for index, image in enumerate(images)
+            for _ in range(max(1, math.ceil(image.labels.size / crop_size**2)))
+        ]
+
+    def __len__(self) -> int:
+        return len(self.image_of_sample)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _crop(self, image: LabelledArray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        size = self.crop_size
+        height, width = image.labels.shape
+        pad_y, pad_x = max(0, size - height), max(0, size - width)
+        rgb, labels = image.rgb, image.labels
+        if pad_y or pad_x:
+            rgb = np.pad(rgb, ((0, pad_y), (0, pad_x), (0, 0)), constant_values=255)
+            labels = np.pad(labels, ((0, pad_y), (0, pad_x)))
+        y = int(rng.integers(labels.shape[0] - size + 1))
+        x = int(rng.integers(labels.shape[1] - size + 1))
+        return rgb[y : y + size, x : x + size], labels[y : y + size, x : x + size]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, CropTargets]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image = self.images[self.image_of_sample[index]]
+        rgb, labels = self._crop(image, rng)
+        if self.augment:
+            rgb, labels = dihedral(rgb, labels, rng)
+            rgb = stain_jitter(rgb, rng)
+        targets = build_targets(rgb, labels, self.model_config, self.target_config, full_areas=image.areas)
+        return np.ascontiguousarray(rgb), targets
+
+
+def collate(samples: list[tuple[np.ndarray, CropTargets]]) -> tuple[np.ndarray, BatchTargets]:
+    """Stack crops; concatenate instances, shifting each crop's ``owner`` indices."""
+    images = np.stack([rgb for rgb, _ in samples])
+    owners, offset = [], 0
+    for _, targets in samples:
+        owners.append(np.where(targets.owner >= 0, targets.owner + offset, -1))
+        offset += len(targets.centres)
+    guides = [t.guide for _, t in samples]
+    batch = BatchTargets(
+        score=torch.from_numpy(np.stack([t.score for _, t in samples])),
+        score_weight=torch.from_numpy(np.stack([t.score_weight for _, t in samples])),
+        owner=torch.from_numpy(np.stack(owners)),
+        centres=torch.from_numpy(np.concatenate([t.centres for _, t in samples])),
+        coefficients=torch.from_numpy(np.concatenate([t.coefficients for _, t in samples])),
+        contours=torch.from_numpy(np.concatenate([t.contours for _, t in samples])),
+        guide=None if guides[0] is None else torch.from_numpy(np.stack(guides)),
+    )
+    return images, batch
+
