@@ -10,48 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-BACKGROUND_RGB = (235, 200, 225)  # pink (eosin) background
-NUCLEUS_RGB = (80, 40, 140)  # dark purple (haematoxylin) nuclei
+from wsi_frgnet.synthetic import synthetic_nuclei
+
 MICRONS_PER_PIXEL = 0.25
 DATA_IMAGE_SIZE = 96
 DATA_IMAGE_COUNT = 3
 
 
 def synthetic_image(seed: int, size: int | tuple[int, int] = DATA_IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """(rgb uint8 HxWx3, labels int32 HxW): a pink background with dark purple, non-overlapping
-    ellipses ("nuclei") numbered 1..n in ``labels``, plus mild Gaussian noise. ``size`` is the
-    side of a square image or (height, width). Deterministic in ``seed``."""
+    """(rgb uint8 HxWx3, labels int32 HxW): pink background with dark purple elliptical
+    nuclei (``wsi_frgnet.synthetic``), small enough for 96 px images. ``size`` is the side of a
+    square image or (height, width). Deterministic in ``seed``."""
     height, width = (size, size) if isinstance(size, int) else size
-    rng = np.random.default_rng(seed)
-    rgb = np.empty((height, width, 3), dtype=np.float64)
-    rgb[:] = BACKGROUND_RGB
-    labels = np.zeros((height, width), dtype=np.int32)
-    yy, xx = np.mgrid[:height, :width]
-    wanted = max(1, (height * width) // 900)
-    label = 0
-    for _ in range(wanted * 20):
-        if label >= wanted:
-            break
-        ry, rx = rng.uniform(4.5, 8.0, size=2)
-        margin = int(np.ceil(max(ry, rx))) + 1
-        if height <= 2 * margin or width <= 2 * margin:
-            break
-        cy = rng.uniform(margin, height - margin)
-        cx = rng.uniform(margin, width - margin)
-        angle = rng.uniform(0, np.pi)
-        dy, dx = yy - cy, xx - cx
-        u = dx * np.cos(angle) + dy * np.sin(angle)
-        v = -dx * np.sin(angle) + dy * np.cos(angle)
-        inside = (u / rx) ** 2 + (v / ry) ** 2 <= 1.0
-        # keep a one-pixel gap between nuclei
-        grown = (u / (rx + 2)) ** 2 + (v / (ry + 2)) ** 2 <= 1.0
-        if (labels[grown] != 0).any():
-            continue
-        label += 1
-        labels[inside] = label
-        rgb[inside] = NUCLEUS_RGB
-    rgb += rng.normal(0.0, 6.0, size=rgb.shape)
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8), labels
+    return synthetic_nuclei(height, width, seed=seed, spacing=30, radius=(4.5, 8.0))
 
 
 def write_label_png(path: Path, labels: np.ndarray) -> None:
@@ -123,3 +94,35 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, session_data_dir: 
     assert result.exit_code == 0, (result.output, result.exception)
     assert out.is_file()
     return out
+
+
+def tiny_training_run(output: Path, epochs: int, **training: object) -> "TrainingRun":
+    """A quiet, fast training set-up of the tiny model (128 px crops, 0.25 µm/px)."""
+    from wsi_frgnet.config import ModelConfig, PostprocessConfig, TrainingConfig
+    from wsi_frgnet.training import TrainingRun
+
+    settings: dict = dict(epochs=epochs, batch_size=4, crop_size=128, learning_rate=0.01, workers=0, warmup_epochs=1,
+                          validate_every=epochs)
+    settings.update(training)
+    return TrainingRun(
+        output=output,
+        model_config=ModelConfig.tiny(),
+        training=TrainingConfig(**settings),
+        postprocess=PostprocessConfig(score_threshold=0.5),
+        microns_per_pixel=MICRONS_PER_PIXEL,
+        quiet=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def overfitted_model(tmp_path_factory: pytest.TempPathFactory):
+    """(run, image, summary): a tiny model trained on one 256 px synthetic image of ellipses
+    until it segments it well (about 10 s on 2 cores). Its model file is ``run.output``."""
+    from wsi_frgnet.training import train
+    from wsi_frgnet.training_data import LabelledArray
+
+    rgb, labels = synthetic_nuclei(256, 256, seed=0)
+    image = LabelledArray("ellipses", rgb, labels)
+    run = tiny_training_run(tmp_path_factory.mktemp("overfit") / "model.pt", epochs=60)
+    summary = train(run, [image], [image])
+    return run, image, summary

@@ -17,31 +17,11 @@ from wsi_frgnet.training import TrainingRun, learning_rate_factor, train
 from wsi_frgnet.training_data import LabelledArray, RandomCrops
 
 
-def _run(output, epochs, **training):
-    settings = dict(epochs=epochs, batch_size=4, crop_size=128, learning_rate=0.01, workers=0, warmup_epochs=1, validate_every=epochs)
-    settings.update(training)
-    return TrainingRun(
-        output=output,
-        model_config=ModelConfig.tiny(),
-        training=TrainingConfig(**settings),
-        postprocess=PostprocessConfig(score_threshold=0.5),
-        microns_per_pixel=0.25,
-        quiet=True,
-    )
+from conftest import tiny_training_run as _run
 
 
-@pytest.fixture(scope="module")
-def overfitted(tmp_path_factory):
-    """A tiny model trained on one synthetic image of ellipses (about 10 s on 2 cores)."""
-    rgb, labels = synthetic_nuclei(256, 256, seed=0)
-    image = LabelledArray("ellipses", rgb, labels)
-    run = _run(tmp_path_factory.mktemp("overfit") / "model.pt", epochs=60)
-    summary = train(run, [image], [image])
-    return run, image, summary
-
-
-def test_tiny_model_overfits_one_image(overfitted):
-    run, image, summary = overfitted
+def test_tiny_model_overfits_one_image(overfitted_model):
+    run, image, summary = overfitted_model
     assert summary["best_pq"] >= 0.8
     model = load_model(run.output)
     scores = score_instances(image.labels, model.segment(image.rgb))
@@ -49,8 +29,8 @@ def test_tiny_model_overfits_one_image(overfitted):
     assert scores.aji >= 0.8
 
 
-def test_saved_model_reproduces_the_trained_outputs(overfitted):
-    run, image, _ = overfitted
+def test_saved_model_reproduces_the_trained_outputs(overfitted_model):
+    run, image, _ = overfitted_model
     checkpoint = load_checkpoint(run.output)
     assert checkpoint.microns_per_pixel == 0.25
     assert checkpoint.postprocess == PostprocessConfig(score_threshold=0.5)
@@ -66,8 +46,8 @@ def test_saved_model_reproduces_the_trained_outputs(overfitted):
     assert np.array_equal(prediction.label_map(), first.segment(image.rgb))
 
 
-def test_training_log_has_one_row_per_epoch(overfitted):
-    run, _, _ = overfitted
+def test_training_log_has_one_row_per_epoch(overfitted_model):
+    run, _, _ = overfitted_model
     rows = [json.loads(line) for line in run.log_path.read_text().splitlines()]
     assert [row["epoch"] for row in rows] == list(range(1, 61))
     assert rows[-1]["loss_total"] < rows[0]["loss_total"]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from wsi_frgnet.checkpoint import ModelCheckpoint, load_checkpoint
 from wsi_frgnet.config import PostprocessConfig
@@ -44,14 +43,11 @@ def images_to_tensor(
     return ((tensor - mean_t) / std_t).contiguous()
 
 
-def pad_to_multiple(tensor: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad (B, C, H, W) at the bottom / right by reflection up to multiples of ``multiple``."""
-    height, width = tensor.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if pad_h == 0 and pad_w == 0:
-        return tensor
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(tensor, (0, pad_w, 0, pad_h), mode=mode)
+def pad_with_glass(rgb: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad (H, W, 3) uint8 at the bottom / right with white (empty glass, as slide tiles are
+    padded outside the slide) up to multiples of ``multiple``."""
+    height, width = rgb.shape[:2]
+    return np.pad(rgb, ((0, -height % multiple), (0, -width % multiple), (0, 0)), constant_values=255)
 
 
 @torch.no_grad()
@@ -66,7 +62,7 @@ def predict_image(
     """Segment one (H, W, 3) uint8 image in a single network pass (model in eval mode)."""
     device = next(model.parameters()).device
     height, width = rgb.shape[:2]
-    tensor = pad_to_multiple(images_to_tensor(rgb[None], mean, std, device), model.config.size_multiple)
+    tensor = images_to_tensor(pad_with_glass(rgb, model.config.size_multiple)[None], mean, std, device)
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         output = model(tensor)
     nuclei, guide = decode_nuclei(output, 0, model.config, postprocess, valid_size=(height, width))

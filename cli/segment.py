@@ -1,0 +1,100 @@
+"""``frgnet-wsi segment slide.svs -o nuclei.geojson`` (or several slides into a folder)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import click
+
+from wsi_frgnet.cli.common import configure_logging, device_option, handles_user_errors, quiet_option, threshold_options
+
+_SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
+
+
+def _output_paths(slides: tuple[Path, ...], output: Path, gzip: bool) -> tuple[list[Path], bool]:
+    """(one output per slide, whether OUTPUT is a folder). OUTPUT itself for a single slide
+    when it is named like a GeoJSON file; else OUTPUT/<slide stem>.geojson[.gz]."""
+    if len(slides) == 1 and not output.is_dir() and output.name.endswith(_SUFFIXES):
+        return [output], False
+    suffix = ".geojson.gz" if gzip else ".geojson"
+    outputs = [output / f"{slide.stem}{suffix}" for slide in slides]
+    if len(set(outputs)) < len(outputs):
+        raise click.BadParameter("several slides share a file name; segment them into different folders", param_hint="SLIDES")
+    return outputs, True
+
+
+@click.command()
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="GeoJSON file (.geojson, .json, or .gz of either) for one slide, or a folder for several.")
+@click.option("--model", "-m", "model_path", type=click.Path(path_type=Path), help="Model file [default: the model shipped with frgnet-wsi].")
+@click.option("--mpp", type=float, help="µm/px of the slides, overriding (or replacing missing) metadata.")
+@click.option("--roi", nargs=4, type=int, metavar="X Y W H", help="Only this rectangle, in level-0 px.")
+@click.option("--roi-geojson", type=click.Path(path_type=Path), help="Only inside these QuPath annotations (exported GeoJSON).")
+@click.option("--tissue-mask/--no-tissue-mask", default=True, show_default=True, help="Skip glass, found on a low-resolution thumbnail.")
+@click.option("--tile-size", type=int, default=512, show_default=True, help="Network tile side, px at the model's resolution.")
+@click.option("--context", "--overlap", "context", type=int, default=64, show_default=True,
+              help="Overlap on each tile side, px at the model's resolution; must exceed the largest nucleus.")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: bf16 on CUDA, fp32 on CPU.")
+@click.option("--threads", type=int, default=4, show_default=True, help="Slide-reading threads.")
+@click.option("--bounds-offset/--no-bounds-offset", default=True, show_default=True,
+              help="Subtract the slide's OpenSlide bounds from coordinates, as QuPath does.")
+@click.option("--gzip", is_flag=True, help="With a folder output: write .geojson.gz files.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that exist (otherwise those slides are skipped).")
+@threshold_options
+@device_option
+@quiet_option
+@handles_user_errors
+def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp: float | None, roi: tuple[int, int, int, int] | None,
+            roi_geojson: Path | None, tissue_mask: bool, tile_size: int, context: int, batch_size: int, precision: str, threads: int,
+            bounds_offset: bool, gzip: bool, overwrite: bool, score_threshold: float | None, nms_threshold: float | None,
+            guide_threshold: float | None, device: str, quiet: bool) -> None:
+    """Find every nucleus in whole-slide images (any format OpenSlide reads, or plain images)
+    and write them as QuPath detections (GeoJSON, level-0 px).
+
+    Several SLIDES go into the folder OUTPUT, one file each; a slide that fails is reported at
+    the end and the exit status is non-zero.
+    """
+    configure_logging(quiet)
+    if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
+        raise click.BadParameter(f"--mpp must be a positive number, not {mpp}")
+    from wsi_frgnet.devices import resolve_device
+    from wsi_frgnet.errors import InputError
+    from wsi_frgnet.inference import default_model_path, load_model
+    from wsi_frgnet.pipeline import SegmentConfig, segment_slide
+
+    try:
+        config = SegmentConfig(tile_size=tile_size, context=context, batch_size=batch_size, tissue_mask=tissue_mask, roi=roi,
+                               roi_geojson=roi_geojson, subtract_bounds=bounds_offset, reader_threads=threads, precision=precision)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if model_path is None:
+        model_path = default_model_path()
+    model = load_model(model_path, resolve_device(device), score_threshold, nms_threshold, guide_threshold)
+    outputs, into_folder = _output_paths(slides, output, gzip)
+    if into_folder:
+        if output.exists() and not output.is_dir():
+            raise InputError(f"{output}: exists and is not a folder (several slides need an output folder)")
+        output.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for slide, target in zip(slides, outputs):
+        if target.exists() and not overwrite:
+            click.echo(f"{slide}: skipped, {target} exists (--overwrite to replace)", err=True)
+            continue
+        try:
+            summary = segment_slide(slide, model, config, target, microns_per_pixel=mpp, quiet=quiet)
+        except InputError as exc:
+            if len(slides) == 1:
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            failures.append(slide)
+            continue
+        click.echo(f"{slide}: {summary.nuclei} nuclei, {summary.tissue_area_mm2:.2f} mm² of tissue, "
+                   f"{summary.seconds:.1f} s -> {target}")
+    if failures:
+        click.echo(f"Error: {len(failures)} of {len(slides)} slides failed: {', '.join(map(str, failures))}", err=True)
+        sys.exit(1)

@@ -1,0 +1,229 @@
+"""Whole-slide segmentation end to end: generated slides in, QuPath GeoJSON out."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from qupath_contract import assert_qupath_valid
+from slide_factory import write_aperio_svs, write_pyramidal_tiff, write_tiff_with_bounds
+
+from wsi_frgnet.cli.main import main
+from wsi_frgnet.contours import polygons_to_label_map
+from wsi_frgnet.errors import InputError
+from wsi_frgnet.export import read_geojson_features
+from wsi_frgnet.inference import load_model
+from wsi_frgnet.metrics import score_instances
+from wsi_frgnet.pipeline import SegmentConfig, segment_slide
+from wsi_frgnet.synthetic import synthetic_nuclei
+
+CMU_SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+SMALL_TILES = SegmentConfig(tile_size=128, context=32, batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def model(overfitted_model):
+    run, _, _ = overfitted_model
+    return load_model(run.output)
+
+
+@pytest.fixture(scope="module")
+def slide_image():
+    """A 384 x 512 synthetic H&E image at the model's 0.25 µm/px, and its labels."""
+    return synthetic_nuclei(384, 512, seed=11)
+
+
+def _label_map(path: Path, shape: tuple[int, int], offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    polygons = [np.asarray(f["geometry"]["coordinates"][0]) - np.asarray(offset) for f in read_geojson_features(path)]
+    return polygons_to_label_map(polygons, shape)
+
+
+def test_pyramidal_tiff_gives_every_nucleus_once_in_place(tmp_path, model, slide_image):
+    rgb, labels = slide_image
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", rgb, mpp=0.25, levels=3)
+    summary = segment_slide(slide, model, SMALL_TILES, tmp_path / "nuclei.geojson", quiet=True)
+    assert_qupath_valid(tmp_path / "nuclei.geojson")
+    assert summary.nuclei == len(read_geojson_features(tmp_path / "nuclei.geojson"))
+    scores = score_instances(labels, _label_map(tmp_path / "nuclei.geojson", labels.shape))
+    assert scores.pq >= 0.8, scores
+    assert scores.false_positives + scores.false_negatives <= 0.05 * labels.max()
+
+
+def test_aperio_svs_and_gzip_output(tmp_path, model, slide_image):
+    rgb, labels = slide_image
+    slide = write_aperio_svs(tmp_path / "slide.svs", rgb, mpp=0.25, levels=2)
+    output = tmp_path / "nuclei.geojson.gz"
+    segment_slide(slide, model, SMALL_TILES, output, quiet=True)
+    assert_qupath_valid(output)
+    scores = score_instances(labels, _label_map(output, labels.shape))
+    assert scores.pq >= 0.75, scores  # JPEG tiles: a little below the lossless slide
+
+
+def test_small_tiles_and_one_big_tile_give_the_same_nuclei(tmp_path, model, slide_image):
+    rgb, _ = slide_image
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", rgb, mpp=0.25, levels=1)
+    segment_slide(slide, model, SMALL_TILES, tmp_path / "small.geojson", quiet=True)
+    segment_slide(slide, model, SegmentConfig(tile_size=640, context=64), tmp_path / "big.geojson", quiet=True)
+    small = _label_map(tmp_path / "small.geojson", rgb.shape[:2])
+    big = _label_map(tmp_path / "big.geojson", rgb.shape[:2])
+    agreement = score_instances(big, small)
+    assert agreement.dq >= 0.99, agreement
+    assert agreement.pq >= 0.97, agreement
+
+
+def test_segment_agrees_with_whole_image_inference(tmp_path, model, slide_image):
+    rgb, _ = slide_image
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", rgb, mpp=0.25, levels=1)
+    segment_slide(slide, model, SegmentConfig(tile_size=640, context=64), tmp_path / "one.geojson", quiet=True)
+    whole = model.predict(rgb).label_map()
+    agreement = score_instances(whole, _label_map(tmp_path / "one.geojson", rgb.shape[:2]))
+    assert agreement.pq >= 0.99, agreement
+
+
+def test_coordinates_follow_bounds_offset_and_resolution(tmp_path, model):
+    # The slide is scanned at twice the model's resolution (0.125 µm/px): nuclei are twice as
+    # large in level-0 px, the pipeline reads level 1 and maps results back to level 0.
+    rgb, labels = synthetic_nuclei(384, 384, seed=4)
+    big_rgb = np.repeat(np.repeat(rgb, 2, axis=0), 2, axis=1)
+    big_labels = np.repeat(np.repeat(labels, 2, axis=0), 2, axis=1)
+    slide = write_tiff_with_bounds(tmp_path / "slide.scn", big_rgb, offset=(64, 32), margin=(32, 16), mpp=0.125, levels=3)
+    config = SegmentConfig(tile_size=128, context=32, tissue_mask=False)
+    segment_slide(slide, model, config, tmp_path / "qupath.geojson", quiet=True)
+    scores = score_instances(big_labels, _label_map(tmp_path / "qupath.geojson", big_labels.shape))
+    assert scores.pq >= 0.75, scores
+    # Without the bounds offset, coordinates are absolute level-0 px of the slide.
+    segment_slide(slide, model, SegmentConfig(tile_size=128, context=32, tissue_mask=False, subtract_bounds=False),
+                  tmp_path / "absolute.geojson", quiet=True)
+    shifted = _label_map(tmp_path / "absolute.geojson", big_labels.shape, offset=(64, 32))
+    assert score_instances(big_labels, shifted).pq >= 0.75
+
+
+def test_roi_restricts_the_work(tmp_path, model, slide_image):
+    rgb, _ = slide_image
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", rgb, mpp=0.25, levels=1)
+    roi = (100, 80, 200, 150)
+    config = SegmentConfig(tile_size=128, context=32, roi=roi)
+    summary = segment_slide(slide, model, config, tmp_path / "roi.geojson", quiet=True)
+    features = read_geojson_features(tmp_path / "roi.geojson")
+    assert 0 < summary.nuclei == len(features)
+    for feature in features:
+        ring = np.asarray(feature["geometry"]["coordinates"][0])
+        centre = ring[:-1].mean(axis=0)
+        assert roi[0] - 2 <= centre[0] <= roi[0] + roi[2] + 2 and roi[1] - 2 <= centre[1] <= roi[1] + roi[3] + 2
+
+
+def test_glass_is_skipped_by_the_tissue_mask(tmp_path, model, slide_image):
+    rgb, _ = slide_image
+    canvas = np.full((384, 1536, 3), 250, dtype=np.uint8)  # two thirds of the slide are empty glass
+    canvas[:, :512] = rgb
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", canvas, mpp=0.25, levels=2)
+    with_mask = segment_slide(slide, model, SMALL_TILES, tmp_path / "a.geojson", quiet=True)
+    without = segment_slide(
+        slide, model, SegmentConfig(tile_size=128, context=32, tissue_mask=False), tmp_path / "b.geojson", quiet=True
+    )
+    assert with_mask.tiles < 0.5 * without.tiles
+    assert abs(with_mask.nuclei - without.nuclei) <= 2
+
+
+def test_nuclei_larger_than_the_context_are_reported(tmp_path, model, slide_image, caplog):
+    rgb, _ = slide_image
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", rgb, mpp=0.25, levels=1)
+    with caplog.at_level(logging.WARNING):
+        segment_slide(slide, model, SegmentConfig(tile_size=64, context=8), tmp_path / "n.geojson", quiet=True)
+    assert "raise --context" in caplog.text
+
+
+def test_an_interrupted_run_leaves_no_output(tmp_path, model, slide_image, monkeypatch):
+    rgb, _ = slide_image
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", rgb, mpp=0.25, levels=1)
+    calls = {"count": 0}
+    forward = type(model.network).forward
+
+    def failing_forward(self, images):
+        calls["count"] += 1
+        if calls["count"] == 3:
+            raise KeyboardInterrupt
+        return forward(self, images)
+
+    monkeypatch.setattr(type(model.network), "forward", failing_forward)
+    with pytest.raises(KeyboardInterrupt):
+        segment_slide(slide, model, SMALL_TILES, tmp_path / "out.geojson", quiet=True)
+    assert list(tmp_path.iterdir()) == [slide]
+
+
+def test_png_without_resolution_needs_mpp(tmp_path, model, slide_image):
+    from wsi_frgnet.images import write_png
+
+    rgb, labels = slide_image
+    write_png(tmp_path / "tile.png", rgb)
+    with pytest.raises(InputError, match="tile.png: no µm/px"):
+        segment_slide(tmp_path / "tile.png", model, SMALL_TILES, tmp_path / "x.geojson", quiet=True)
+    segment_slide(tmp_path / "tile.png", model, SMALL_TILES, tmp_path / "x.geojson", microns_per_pixel=0.25, quiet=True)
+    assert score_instances(labels, _label_map(tmp_path / "x.geojson", labels.shape)).pq >= 0.8
+
+
+def test_cli_several_slides_skip_existing_and_report_failures(tmp_path, overfitted_model, slide_image):
+    run, _, _ = overfitted_model
+    rgb, _ = slide_image
+    good = write_pyramidal_tiff(tmp_path / "good.tiff", rgb, mpp=0.25, levels=1)
+    bad = tmp_path / "bad.svs"
+    bad.write_text("not a slide")
+    out = tmp_path / "out"
+    options = ["--model", str(run.output), "--tile-size", "128", "--context", "32", "--quiet", "-o", str(out)]
+    result = CliRunner().invoke(main, ["segment", str(good), str(bad), *options])
+    assert result.exit_code == 1
+    assert (out / "good.geojson").is_file() and not (out / "bad.geojson").exists()
+    assert "bad.svs" in result.stderr and "1 of 2 slides failed" in result.stderr
+    assert "Traceback" not in result.stderr
+    again = CliRunner().invoke(main, ["segment", str(good), *options])
+    assert again.exit_code == 0 and "skipped" in again.stderr
+    overwritten = CliRunner().invoke(main, ["segment", str(good), *options, "--overwrite", "--gzip"])
+    assert overwritten.exit_code == 0 and (out / "good.geojson.gz").is_file()
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["missing.svs", "-o", "x.geojson"], "missing.svs: no such file"),
+        (["slide.tiff", "-o", "x.geojson", "--tile-size", "100"], "--tile-size"),
+        (["slide.tiff", "-o", "x.geojson", "--context", "300"], "--context"),
+        (["slide.tiff", "-o", "x.txt"], None),  # an output folder named x.txt: fine, not an error
+        (["slide.tiff", "-o", "nodir/x.geojson"], "nodir"),
+        (["slide.tiff", "-o", "x.geojson", "--mpp", "-1"], "--mpp"),
+        (["slide.tiff", "-o", "x.geojson", "--roi-geojson", "missing.geojson"], "missing.geojson"),
+        (["slide.tiff", "-o", "x.geojson", "--roi", "0", "0", "0", "10"], "--roi"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, overfitted_model, slide_image, monkeypatch, arguments, message):
+    run, _, _ = overfitted_model
+    monkeypatch.chdir(tmp_path)
+    write_pyramidal_tiff(tmp_path / "slide.tiff", slide_image[0], mpp=0.25, levels=1)
+    result = CliRunner().invoke(main, ["segment", *arguments, "--model", str(run.output), "--quiet"])
+    if message is None:
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output + result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "x.geojson").exists()
+
+
+def test_segment_without_model_or_default_is_a_clear_error(tmp_path, slide_image, monkeypatch):
+    import wsi_frgnet.inference as inference
+
+    monkeypatch.setattr(inference, "__file__", str(tmp_path / "inference.py"))
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", slide_image[0], mpp=0.25, levels=1)
+    result = CliRunner().invoke(main, ["segment", str(slide), "-o", str(tmp_path / "x.geojson")])
+    assert result.exit_code == 2
+    assert "--model" in result.stderr
+
+
+@pytest.mark.skipif(not CMU_SLIDE.is_file(), reason="shared test slide not present")
+def test_real_aperio_slide_end_to_end(tmp_path, model):
+    output = tmp_path / "cmu.geojson"
+    summary = segment_slide(CMU_SLIDE, model, SegmentConfig(tile_size=256, context=32, batch_size=8), output, quiet=True)
+    assert_qupath_valid(output)
+    assert summary.tiles > 0 and summary.tissue_area_mm2 > 0

@@ -1,0 +1,103 @@
+"""Tiling: cores partition the region, reads are constant-size cores grown by the context."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsi_frgnet.tiling import Tile, owns, plan_tiles, rect_to_level0, region_to_working
+
+REGIONS = [
+    (0, 0, 1000, 800),  # not divisible by the core
+    (0, 0, 768, 384),  # divisible by the core (384)
+    (37, 211, 913, 407),  # non-zero origin
+    (5, 7, 10, 3),  # smaller than one tile
+    (-50, -20, 1, 1),  # one pixel, negative origin
+]
+
+
+def _painted(region, tiles):
+    x, y, width, height = region
+    counts = np.zeros((height, width), dtype=np.int32)
+    for tile in tiles:
+        cx, cy, cw, ch = tile.core
+        assert cw > 0 and ch > 0
+        assert x <= cx and y <= cy and cx + cw <= x + width and cy + ch <= y + height
+        counts[cy - y : cy - y + ch, cx - x : cx - x + cw] += 1
+    return counts
+
+
+@pytest.mark.parametrize("region", REGIONS)
+@pytest.mark.parametrize(("tile_size", "context"), [(512, 64), (256, 0), (96, 40)])
+def test_cores_cover_every_pixel_once(region, tile_size, context):
+    tiles = plan_tiles(region, tile_size, context)
+    assert (_painted(region, tiles) == 1).all()
+    assert [t.index for t in tiles] == list(range(len(tiles)))
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_reads_are_cores_grown_by_context(region):
+    tile_size, context = 512, 64
+    tiles = plan_tiles(region, tile_size, context)
+    for tile in tiles:
+        assert tile.read[2:] == (tile_size, tile_size)
+        assert tile.read[:2] == (tile.core[0] - context, tile.core[1] - context)
+        assert tile.context == context
+        if tile.core[2:] == (tile_size - 2 * context,) * 2:  # interior / full cores
+            grown = (tile.core[0] - context, tile.core[1] - context, tile.core[2] + 2 * context, tile.core[3] + 2 * context)
+            assert tile.read == grown
+
+
+def test_raster_order_and_edge_cores():
+    tiles = plan_tiles((0, 0, 1000, 800), 512, 64)
+    assert len(tiles) == 3 * 3
+    keys = [(t.core[1], t.core[0]) for t in tiles]
+    assert keys == sorted(keys)
+    assert tiles[2].core == (768, 0, 232, 384)
+    assert tiles[-1].core == (768, 768, 232, 32)
+    assert tiles[-1].read == (704, 704, 512, 512)
+
+
+def test_tiny_region_gives_one_tile():
+    (tile,) = plan_tiles((5, 7, 10, 3), 128, 16)
+    assert tile.core == (5, 7, 10, 3)
+    assert tile.read == (-11, -9, 128, 128)
+
+
+@pytest.mark.parametrize("region", REGIONS[:3])
+def test_owns_partitions_random_points(region):
+    tiles = plan_tiles(region, 200, 30)
+    rng = np.random.default_rng(0)
+    x, y, width, height = region
+    points = np.column_stack([rng.uniform(x, x + width, 2000), rng.uniform(y, y + height, 2000)])
+    # also exact core borders, where half-openness matters
+    borders = np.array([(t.core[0], t.core[1]) for t in tiles], dtype=np.float64)
+    for px, py in np.concatenate([points, borders]):
+        assert sum(owns(t, px, py) for t in tiles) == 1
+    # outside the region: nobody
+    assert not any(owns(t, x + width, y) or owns(t, x - 1e-9, y) for t in tiles)
+
+
+@pytest.mark.parametrize(("tile_size", "context"), [(128, 64), (128, 100), (10, 5), (64, -1)])
+def test_tile_size_must_exceed_twice_the_context(tile_size, context):
+    with pytest.raises(ValueError):
+        plan_tiles((0, 0, 100, 100), tile_size, context)
+
+
+def test_empty_region_is_an_error():
+    with pytest.raises(ValueError):
+        plan_tiles((0, 0, 0, 10), 128, 16)
+
+
+def test_frame_conversions():
+    assert region_to_working((0, 0, 1000, 800), 2.0) == (0, 0, 500, 400)
+    assert region_to_working((3, 5, 10, 10), 2.0) == (1, 2, 6, 6)  # covers [3, 13) x [5, 15)
+    assert rect_to_level0((1, 2, 6, 6), 2.0) == (2.0, 4.0, 12.0, 12.0)
+    with pytest.raises(ValueError):
+        region_to_working((0, 0, 1, 1), 0)
+
+
+def test_tile_is_frozen():
+    tile = Tile(0, (0, 0, 10, 10), (2, 2, 6, 6))
+    with pytest.raises(AttributeError):
+        tile.index = 1  # type: ignore[misc]

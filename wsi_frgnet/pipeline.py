@@ -1,0 +1,259 @@
+"""Whole-slide segmentation: slide → tiles → model → polygons → merge → GeoJSON.
+
+Frames: *level-0 px* are the slide's full-resolution pixels; *working px* are pixels at the
+model's own resolution (its training µm/px). One working px spans ``factor`` level-0 px, with
+``factor = model µm/px ÷ slide µm/px``. Tiles are planned and merged in working px; nuclei
+leave this module in level-0 px.
+
+Reading tiles (threads) and post-processing (a thread) overlap with the network, through
+bounded queues, so memory stays bounded whatever the slide size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from shapely import Point, affinity
+from tqdm.auto import tqdm
+
+from wsi_frgnet.errors import InputError
+from wsi_frgnet.export import ExportSettings, write_geojson
+from wsi_frgnet.inference import LoadedModel, images_to_tensor
+from wsi_frgnet.merge import BorderDeduplicator, keep_owned, nucleus_extent, scale, translate
+from wsi_frgnet.postprocess import Nucleus, decode_nuclei
+from wsi_frgnet.slide import Slide, open_slide, require_microns_per_pixel
+from wsi_frgnet.tiling import Tile, plan_tiles, region_to_working
+from wsi_frgnet.tissue import region_mask_from_geojson, tiles_in_polygons, tiles_with_tissue, tissue_mask
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """How a slide is cut and run. Sizes in working px (the model's resolution)."""
+
+    tile_size: int = 512  # network input side
+    context: int = 64  # overlap on every side; nuclei larger than this are warned about
+    batch_size: int = 4
+    tissue_mask: bool = True
+    roi: tuple[int, int, int, int] | None = None  # (x, y, width, height) in level-0 px
+    roi_geojson: Path | None = None  # QuPath annotations (level-0 px) restricting the work
+    subtract_bounds: bool = True  # coordinates relative to OpenSlide's bounds (as QuPath shows them)
+    reader_threads: int = 4
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    thumbnail_size: int = 2048  # longer side (px) of the image the tissue mask is computed on
+
+    def __post_init__(self) -> None:
+        if self.tile_size % 32 or self.tile_size < 64:
+            raise ValueError(f"--tile-size {self.tile_size}: must be a multiple of 32, at least 64")
+        if not 0 <= 2 * self.context < self.tile_size:
+            raise ValueError(f"--context {self.context}: must be >= 0 and less than half of --tile-size")
+        if self.batch_size < 1 or self.reader_threads < 1:
+            raise ValueError("--batch-size and reader threads must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {PRECISIONS}")
+
+
+@dataclass
+class SegmentSummary:
+    """What one slide cost and gave."""
+
+    slide: Path
+    nuclei: int = 0
+    tiles: int = 0
+    tissue_area_mm2: float = 0.0
+    seconds: float = 0.0
+    oversized: int = 0  # nuclei whose bounding box exceeded the context
+    output: Path | None = None
+
+
+@dataclass
+class SlidePlan:
+    """Where and how to read a slide at the model's resolution."""
+
+    slide: Slide
+    factor: float  # level-0 px per working px
+    level: int  # pyramid level read
+    tiles: list[Tile]
+    roi_polygons: list = field(default_factory=list)  # shapely polygons in working px
+    working_mpp: float = 0.0
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a --precision value on ``device`` (None: plain fp32)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def output_offset(slide: Slide, config: SegmentConfig) -> tuple[float, float]:
+    """Level-0 px subtracted from output coordinates: OpenSlide's bounds when asked (QuPath's frame)."""
+    return (float(slide.bounds[0]), float(slide.bounds[1])) if config.subtract_bounds else (0.0, 0.0)
+
+
+def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> SlidePlan:
+    """Tiles (in working px) covering the slide's tissue, ROI or bounds."""
+    slide_mpp = require_microns_per_pixel(slide)
+    model_mpp = model.checkpoint.microns_per_pixel
+    if model_mpp is None:
+        logger.warning("the model does not record its µm/px: segmenting at the slide's own resolution")
+        model_mpp = slide_mpp
+    factor = model_mpp / slide_mpp
+    level = slide.best_level_for_downsample(factor)
+    # ROIs are given in the output's frame: level-0 px minus the bounds offset when it is on.
+    offset = output_offset(slide, config)
+    if config.roi is not None:
+        x, y, width, height = config.roi
+        if width <= 0 or height <= 0:
+            raise InputError(f"--roi {' '.join(map(str, config.roi))}: width and height must be positive")
+        region_level0 = (x + offset[0], y + offset[1], width, height)
+    else:
+        region_level0 = slide.bounds
+    tiles = plan_tiles(region_to_working(region_level0, factor), config.tile_size, config.context)
+    roi_polygons = []
+    if config.roi_geojson is not None:
+        polygons = region_mask_from_geojson(config.roi_geojson, offset=offset)
+        roi_polygons = [affinity.scale(p, 1 / factor, 1 / factor, origin=(0, 0)) for p in polygons]
+        tiles = tiles_in_polygons(tiles, roi_polygons)
+    if config.tissue_mask and tiles:
+        thumbnail, thumbnail_downsample = slide.thumbnail(config.thumbnail_size)
+        mask = tissue_mask(thumbnail)
+        tiles = tiles_with_tissue(tiles, mask, thumbnail_downsample / factor)
+    return SlidePlan(slide, factor, level, tiles, roi_polygons, model_mpp)
+
+
+def read_tile(plan: SlidePlan, tile: Tile) -> np.ndarray:
+    """The tile's read rectangle as (h, w, 3) uint8 at working resolution (white outside)."""
+    x, y, width, height = tile.read
+    slide, factor, level = plan.slide, plan.factor, plan.level
+    downsample = slide.level_downsamples[level]
+    x0, y0 = x * factor, y * factor  # level-0 px
+    left, top = math.floor(x0), math.floor(y0)
+    scale = factor / downsample  # level px per working px
+    level_width = math.ceil(width * scale + (x0 - left) / downsample) + 1
+    level_height = math.ceil(height * scale + (y0 - top) / downsample) + 1
+    region = slide.read(left, top, level_width, level_height, level)
+    offset_x, offset_y = (x0 - left) / downsample, (y0 - top) / downsample
+    if abs(scale - 1.0) < 1e-6 and offset_x == 0 and offset_y == 0:
+        return np.ascontiguousarray(region[:height, :width])
+    box = (offset_x, offset_y, offset_x + width * scale, offset_y + height * scale)
+    return np.asarray(Image.fromarray(region).resize((width, height), Image.Resampling.BILINEAR, box=box))
+
+
+class _TileResults:
+    """Post-processing of one batch: network outputs → owned nuclei per tile (working px)."""
+
+    def __init__(self, model: LoadedModel, plan: SlidePlan, config: SegmentConfig) -> None:
+        self.model, self.plan, self.config = model, plan, config
+        self.oversized = 0
+
+    def __call__(self, tiles: list[Tile], output) -> list[tuple[Tile, list[Nucleus]]]:
+        results = []
+        for index, tile in enumerate(tiles):
+            nuclei, _ = decode_nuclei(output, index, self.model.network.config, self.model.postprocess)
+            owned = keep_owned(translate(nuclei, *tile.read[:2]), tile)
+            self.oversized += sum(nucleus_extent(n) > self.config.context for n in owned)
+            if self.plan.roi_polygons:
+                owned = [n for n in owned if _inside_any(n, self.plan.roi_polygons)]
+            results.append((tile, owned))
+        return results
+
+
+def _inside_any(nucleus: Nucleus, polygons: list) -> bool:
+    point = Point(*nucleus.centroid)
+    return any(polygon.covers(point) for polygon in polygons)
+
+
+def iterate_nuclei(plan: SlidePlan, model: LoadedModel, config: SegmentConfig, progress: tqdm | None = None) -> Iterator[Nucleus]:
+    """Every nucleus of the planned tiles, once, in level-0 px, streamed tile row by tile row."""
+    network = model.network
+    device = next(network.parameters()).device
+    dtype = autocast_dtype(config.precision, device)
+    checkpoint = model.checkpoint
+    deduplicator = BorderDeduplicator()
+    postprocess = _TileResults(model, plan, config)
+    batches = [plan.tiles[i : i + config.batch_size] for i in range(0, len(plan.tiles), config.batch_size)]
+    with ThreadPoolExecutor(config.reader_threads, thread_name_prefix="read") as readers, ThreadPoolExecutor(
+        1, thread_name_prefix="post"
+    ) as post:
+        reads: deque[tuple[list[Tile], list[Future]]] = deque()
+        pending: deque[Future] = deque()
+        lookahead = max(2, 2 * config.reader_threads // config.batch_size + 1)
+
+        found = 0
+
+        def drain(limit: int) -> Iterator[Nucleus]:
+            nonlocal found
+            while len(pending) > limit:
+                for tile, owned in pending.popleft().result():
+                    yield from scale(deduplicator.add(tile, owned), plan.factor)
+                    found += len(owned)
+                    if progress is not None:
+                        progress.update(1)
+                        progress.set_postfix(nuclei=found, refresh=False)
+
+        next_batch = 0
+        while next_batch < len(batches) or reads:
+            while next_batch < len(batches) and len(reads) < lookahead:
+                tiles = batches[next_batch]
+                reads.append((tiles, [readers.submit(read_tile, plan, tile) for tile in tiles]))
+                next_batch += 1
+            tiles, futures = reads.popleft()
+            pixels = np.stack([future.result() for future in futures])
+            tensor = images_to_tensor(pixels, checkpoint.mean, checkpoint.std, device).contiguous(memory_format=torch.channels_last)
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                output = network(tensor)
+            pending.append(post.submit(postprocess, tiles, output))
+            yield from drain(limit=1)
+        yield from drain(limit=0)
+    yield from scale(deduplicator.flush(), plan.factor)
+    if postprocess.oversized:
+        logger.warning(
+            "%d nuclei are larger than the tile context (%d px at the model's resolution) and may be cut "
+            "at tile borders: raise --context",
+            postprocess.oversized,
+            config.context,
+        )
+
+
+def segment_slide(
+    path: Path,
+    model: LoadedModel,
+    config: SegmentConfig,
+    output: Path,
+    microns_per_pixel: float | None = None,
+    quiet: bool = False,
+) -> SegmentSummary:
+    """Segment one slide into a QuPath GeoJSON file (atomic; ``.gz`` suffix: gzip)."""
+    started = time.monotonic()
+    with open_slide(Path(path), microns_per_pixel) as slide:
+        plan = plan_slide(slide, model, config)
+        slide_mpp = require_microns_per_pixel(slide)
+        settings = ExportSettings(
+            microns_per_pixel=slide_mpp,
+            offset=output_offset(slide, config),
+            slide_id=f"{Path(path).name}:{slide.dimensions[0]}x{slide.dimensions[1]}",
+        )
+        core_area = sum(t.core[2] * t.core[3] for t in plan.tiles) * (plan.working_mpp / 1000.0) ** 2
+        with tqdm(total=len(plan.tiles), desc=Path(path).name, unit="tile", disable=quiet) as progress:
+            count = write_geojson(output, iterate_nuclei(plan, model, config, progress), settings)
+    return SegmentSummary(
+        slide=Path(path),
+        nuclei=count,
+        tiles=len(plan.tiles),
+        tissue_area_mm2=core_area,
+        seconds=time.monotonic() - started,
+        output=Path(output),
+    )

@@ -1,0 +1,270 @@
+"""Where to look: tissue detection on a thumbnail, and regions of interest from QuPath.
+
+Both filters take tiles planned by :func:`wsi_frgnet.tiling.plan_tiles` (working px) and keep
+their order, so the filtered list is still in raster order:
+
+- :func:`tissue_mask` finds tissue on a low-resolution RGB thumbnail (no I/O here: the caller
+  reads the thumbnail); :func:`tiles_with_tissue` keeps the tiles whose *core* touches tissue.
+  The caller passes ``mask_downsample`` in **working px per mask pixel**: for a thumbnail of
+  the whole slide at ``thumbnail_downsample`` level-0 px per thumbnail px and a model at
+  ``factor`` level-0 px per working px, that is ``thumbnail_downsample / factor``.
+- :func:`region_mask_from_geojson` reads QuPath annotations as shapely polygons in **level-0 px**;
+  the caller scales them to working px (``shapely.affinity.scale(p, 1 / factor, 1 / factor,
+  origin=(0, 0))``) before :func:`tiles_in_polygons`.
+
+Assumptions of the tissue mask: H&E on glass, background near-white (or transparent / black
+where the scanner recorded nothing), no pen marks.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import shapely
+from scipy import ndimage
+from shapely import affinity
+from shapely.geometry import shape
+
+from wsi_frgnet.errors import InputError
+from wsi_frgnet.tiling import Tile
+
+logger = logging.getLogger(__name__)
+
+GEOMETRY_TYPES = frozenset(
+    {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon", "GeometryCollection"}
+)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` (any finite floats); the single value if all are equal."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return low
+    counts, edges = np.histogram(values, bins=bins, range=(low, high))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_below = np.cumsum(counts)
+    weight_above = weight_below[-1] - weight_below
+    sum_below = np.cumsum(counts * centres)
+    mean_below = sum_below / np.maximum(weight_below, 1)
+    mean_above = (sum_below[-1] - sum_below) / np.maximum(weight_above, 1)
+    between = weight_below * weight_above * (mean_below - mean_above) ** 2
+    return float(edges[1:][np.argmax(between)])
+
+
+def tissue_mask(
+    thumbnail: np.ndarray,
+    *,
+    saturation_range: tuple[float, float] = (0.05, 0.10),
+    optical_density_threshold: float = 0.35,
+    min_object_fraction: float = 1e-4,
+    min_object_pixels: int = 25,
+    max_hole_fraction: float = 2e-3,
+    dilation: int = 2,
+) -> np.ndarray:
+    """Boolean (height, width) mask of tissue on an RGB(A) uint8 thumbnail (height, width, 3|4).
+
+    A pixel (after a 3x3 mean of the colours) is tissue when its HSV saturation exceeds Otsu's
+    threshold of the saturations clamped to ``saturation_range`` (stained tissue is coloured,
+    glass is grey-white), or when its mean optical density (log10) exceeds
+    ``optical_density_threshold`` (dark, unsaturated tissue). Transparent pixels and near-black
+    pixels (no data) are never tissue. Then objects smaller than ``min_object_fraction`` of the
+    image or ``min_object_pixels`` (dust, noise) are removed, holes smaller than ``max_hole_fraction`` filled, and the mask dilated by
+    ``dilation`` pixels (so that tiles at the tissue's edge are kept). A blank image gives an
+    all-False mask.
+    """
+    image = np.asarray(thumbnail)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"thumbnail of shape {image.shape}: expected (height, width, 3 or 4)")
+    height, width = image.shape[:2]
+    if height == 0 or width == 0:
+        return np.zeros((height, width), dtype=bool)
+    rgb = image[..., :3].astype(np.float32)
+    if image.dtype != np.uint8 and rgb.max() <= 1.0:
+        rgb = rgb * 255.0
+    rgb = ndimage.uniform_filter(rgb, size=(3, 3, 1), mode="nearest")
+    brightest = rgb.max(axis=2)
+    saturation = (brightest - rgb.min(axis=2)) / np.maximum(brightest, 1.0)
+    optical_density = -np.log10((rgb + 1.0) / 256.0).mean(axis=2)
+    valid = brightest >= 25.0  # black: no data (some scanners, OpenSlide's transparent fill)
+    if image.shape[2] == 4:
+        valid &= image[..., 3] > 0
+    if not valid.any():
+        return np.zeros((height, width), dtype=bool)
+    low, high = saturation_range
+    saturation_threshold = float(np.clip(otsu_threshold(saturation[valid]), low, high))
+    mask = valid & ((saturation > saturation_threshold) | (optical_density > optical_density_threshold))
+
+    area = height * width
+    mask = _remove_small(mask, max(min_object_pixels, round(min_object_fraction * area)))
+    holes = _remove_small(~mask, max(1, round(max_hole_fraction * area)), keep_border=True)
+    mask |= ~holes
+    if dilation > 0 and mask.any():
+        mask = ndimage.binary_dilation(mask, iterations=dilation)
+    return mask
+
+
+def _remove_small(mask: np.ndarray, min_pixels: int, keep_border: bool = False) -> np.ndarray:
+    """``mask`` without its 8-connected components of fewer than ``min_pixels`` pixels
+    (``keep_border``: components touching the image border are always kept)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = sizes >= min_pixels
+    if keep_border:
+        border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+        keep[np.unique(border)] = True
+    keep[0] = False
+    return keep[labels]
+
+
+def tiles_with_tissue(
+    tiles: Sequence[Tile],
+    mask: np.ndarray,
+    mask_downsample: float,
+    mask_origin: tuple[float, float] = (0.0, 0.0),
+) -> list[Tile]:
+    """The tiles whose core overlaps at least one tissue pixel of ``mask``, in their order.
+
+    ``mask_downsample``: working px per mask pixel; mask pixel (r, c) covers working px
+    [ox + c * d, ox + (c + 1) * d) x [oy + r * d, oy + (r + 1) * d) with d = mask_downsample and
+    (ox, oy) = ``mask_origin``, the working-px position of the mask's top-left corner (0, 0 for a
+    thumbnail of the whole slide). Tiles whose core lies outside the mask are dropped.
+    """
+    if mask_downsample <= 0:
+        raise ValueError(f"mask_downsample {mask_downsample}: must be positive")
+    mask = np.asarray(mask, dtype=bool)
+    height, width = mask.shape
+    integral = np.zeros((height + 1, width + 1), dtype=np.int64)
+    integral[1:, 1:] = mask.cumsum(axis=0).cumsum(axis=1)
+    origin_x, origin_y = mask_origin
+    kept = []
+    for tile in tiles:
+        x, y, core_width, core_height = tile.core
+        col0 = int(np.clip(np.floor((x - origin_x) / mask_downsample), 0, width))
+        col1 = int(np.clip(np.ceil((x + core_width - origin_x) / mask_downsample), 0, width))
+        row0 = int(np.clip(np.floor((y - origin_y) / mask_downsample), 0, height))
+        row1 = int(np.clip(np.ceil((y + core_height - origin_y) / mask_downsample), 0, height))
+        if col1 <= col0 or row1 <= row0:
+            continue
+        count = integral[row1, col1] - integral[row0, col1] - integral[row1, col0] + integral[row0, col0]
+        if count > 0:
+            kept.append(tile)
+    return kept
+
+
+def region_mask_from_geojson(path: Path, offset: tuple[float, float] = (0.0, 0.0)) -> list[shapely.Polygon]:
+    """Polygons (level-0 px) of the annotations in a QuPath GeoJSON export.
+
+    Accepts a FeatureCollection, a single Feature, a JSON list of features (QuPath's older
+    export) or a bare geometry; ``.gz`` files are read gzip-compressed. Polygon and MultiPolygon
+    geometries (also inside GeometryCollections) give one shapely Polygon per part, repaired
+    when invalid; other geometry types are ignored with a warning. ``offset`` (x, y) is added to
+    every coordinate: QuPath shows slides that declare OpenSlide bounds cropped to them, so
+    pass the bounds' (x, y) to turn such coordinates into level-0 px.
+
+    Raises InputError for a missing or unreadable file, invalid JSON, a malformed geometry or
+    a file without any polygon.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        document = json.loads(raw.decode("utf-8-sig"))
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: cannot read ({error})") from None
+
+    ignored: Counter[str] = Counter()
+    polygons: list[shapely.Polygon] = []
+    for geometry in _geometries(document, path):
+        try:
+            parsed = shape(geometry)
+        except Exception as error:  # shapely raises several types for malformed coordinates
+            raise InputError(f"{path}: malformed {geometry.get('type')} geometry ({error})") from None
+        polygons.extend(_polygon_parts(parsed, ignored))
+    if ignored:
+        logger.warning(
+            "%s: ignored %s (only Polygon and MultiPolygon annotations restrict the region)",
+            path,
+            ", ".join(f"{count} {name}" for name, count in sorted(ignored.items())),
+        )
+    if not polygons:
+        raise InputError(f"{path}: no Polygon or MultiPolygon annotation found")
+    dx, dy = offset
+    if dx or dy:
+        polygons = [affinity.translate(polygon, dx, dy) for polygon in polygons]
+    return polygons
+
+
+def _geometries(document: object, path: Path) -> list[dict]:
+    """The GeoJSON geometry objects of a document (features without geometry are skipped)."""
+    items = document if isinstance(document, list) else [document]
+    found = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise InputError(f"{path}: expected GeoJSON objects, found {type(item).__name__}")
+        kind = item.get("type")
+        if kind == "FeatureCollection":
+            features = item.get("features")
+            if not isinstance(features, list):
+                raise InputError(f"{path}: FeatureCollection without a 'features' list")
+            found.extend(_geometries(features, path) if features else [])
+        elif kind == "Feature" or (kind is None and "geometry" in item):
+            geometry = item.get("geometry")
+            if geometry is None:
+                continue
+            if not isinstance(geometry, dict):
+                raise InputError(f"{path}: a feature's geometry is not an object")
+            found.append(geometry)
+        elif kind in GEOMETRY_TYPES:
+            found.append(item)
+        else:
+            raise InputError(f"{path}: not GeoJSON (object of type {kind!r})")
+    return found
+
+
+def _polygon_parts(geometry: shapely.Geometry, ignored: Counter) -> list[shapely.Polygon]:
+    """Non-empty polygons of a geometry (repaired when invalid); counts what is ignored."""
+    if isinstance(geometry, shapely.GeometryCollection):
+        return [part for sub in geometry.geoms for part in _polygon_parts(sub, ignored)]
+    if not isinstance(geometry, (shapely.Polygon, shapely.MultiPolygon)):
+        ignored[geometry.geom_type] += 1
+        return []
+    if not geometry.is_valid:
+        repaired = shapely.make_valid(geometry)
+        # slivers of the repair (lines, points) are not worth a warning
+        return [p for p in _polygon_parts(repaired, Counter()) if p.area > 0]
+    return [part for part in getattr(geometry, "geoms", [geometry]) if not part.is_empty and part.area > 0]
+
+
+def tiles_in_polygons(tiles: Sequence[Tile], polygons_working: Sequence[shapely.Geometry]) -> list[Tile]:
+    """The tiles whose core shares area with at least one polygon (working px), in their order.
+
+    Touching a polygon only along an edge or at a corner does not count.
+    """
+    tiles = list(tiles)
+    polygons = [p for p in polygons_working if p is not None and not p.is_empty]
+    if not tiles or not polygons:
+        return []
+    boxes = shapely.box(*np.array([(x, y, x + w, y + h) for x, y, w, h in (t.core for t in tiles)], dtype=np.float64).T)
+    tree = shapely.STRtree(polygons)
+    box_index, polygon_index = tree.query(boxes, predicate="intersects")
+    if box_index.size == 0:
+        return []
+    touching = shapely.touches(boxes[box_index], np.asarray(tree.geometries)[polygon_index])
+    wanted = set(box_index[~touching].tolist())
+    return [tile for i, tile in enumerate(tiles) if i in wanted]
