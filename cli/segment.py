@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from pathlib import Path
 
 import click
+
+logger = logging.getLogger(__name__)
 
 from wsi_frgnet.cli.common import configure_logging, device_option, handles_user_errors, quiet_option, threshold_options
 
@@ -16,7 +19,12 @@ _SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
 def _output_paths(slides: tuple[Path, ...], output: Path, gzip: bool) -> tuple[list[Path], bool]:
     """(one output per slide, whether OUTPUT is a folder). OUTPUT itself for a single slide
     when it is named like a GeoJSON file; else OUTPUT/<slide stem>.geojson[.gz]."""
-    if len(slides) == 1 and not output.is_dir() and output.name.endswith(_SUFFIXES):
+    named_as_file = output.name.lower().endswith(_SUFFIXES) and not output.is_dir()
+    if named_as_file:
+        if len(slides) > 1:
+            raise click.BadParameter(f"{output} names one file, but {len(slides)} slides were given: give a folder", param_hint="--output")
+        if gzip:
+            raise click.BadParameter("--gzip applies to folder outputs; name the file .geojson.gz instead", param_hint="--gzip")
         return [output], False
     suffix = ".geojson.gz" if gzip else ".geojson"
     outputs = [output / f"{slide.stem}{suffix}" for slide in slides]
@@ -31,7 +39,8 @@ def _output_paths(slides: tuple[Path, ...], output: Path, gzip: bool) -> tuple[l
               help="GeoJSON file (.geojson, .json, or .gz of either) for one slide, or a folder for several.")
 @click.option("--model", "-m", "model_path", type=click.Path(path_type=Path), help="Model file [default: the model shipped with frgnet-wsi].")
 @click.option("--mpp", type=float, help="µm/px of the slides, overriding (or replacing missing) metadata.")
-@click.option("--roi", nargs=4, type=int, metavar="X Y W H", help="Only this rectangle, in level-0 px.")
+@click.option("--roi", nargs=4, type=int, metavar="X Y W H",
+              help="Only this rectangle: level-0 px in the output's frame (QuPath's: relative to the slide bounds unless --no-bounds-offset).")
 @click.option("--roi-geojson", type=click.Path(path_type=Path), help="Only inside these QuPath annotations (exported GeoJSON).")
 @click.option("--tissue-mask/--no-tissue-mask", default=True, show_default=True, help="Skip glass, found on a low-resolution thumbnail.")
 @click.option("--tile-size", type=int, default=512, show_default=True, help="Network tile side, px at the model's resolution.")
@@ -78,12 +87,13 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
     outputs, into_folder = _output_paths(slides, output, gzip)
     if into_folder:
         if output.exists() and not output.is_dir():
-            raise InputError(f"{output}: exists and is not a folder (several slides need an output folder)")
+            raise InputError(f"{output}: exists and is not a folder; name the output .geojson or give a folder")
         output.mkdir(parents=True, exist_ok=True)
-    failures = []
+    failures, skipped, total = [], 0, 0
     for slide, target in zip(slides, outputs):
         if target.exists() and not overwrite:
             click.echo(f"{slide}: skipped, {target} exists (--overwrite to replace)", err=True)
+            skipped += 1
             continue
         try:
             summary = segment_slide(slide, model, config, target, microns_per_pixel=mpp, quiet=quiet)
@@ -93,8 +103,17 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
             click.echo(f"Error: {exc}", err=True)
             failures.append(slide)
             continue
+        except Exception as exc:  # one slide's unexpected failure must not stop the others
+            logger.debug("segmenting %s failed", slide, exc_info=True)
+            click.echo(f"Error: {slide}: unexpected {type(exc).__name__}: {exc}", err=True)
+            failures.append(slide)
+            continue
+        total += summary.nuclei
         click.echo(f"{slide}: {summary.nuclei} nuclei, {summary.tissue_area_mm2:.2f} mm² of tissue, "
                    f"{summary.seconds:.1f} s -> {target}")
+    if len(slides) > 1:
+        done = len(slides) - skipped - len(failures)
+        click.echo(f"{done} segmented, {skipped} skipped, {len(failures)} failed; {total} nuclei in all")
     if failures:
         click.echo(f"Error: {len(failures)} of {len(slides)} slides failed: {', '.join(map(str, failures))}", err=True)
         sys.exit(1)

@@ -195,6 +195,9 @@ def test_cli_several_slides_skip_existing_and_report_failures(tmp_path, overfitt
         (["slide.tiff", "-o", "x.geojson", "--mpp", "-1"], "--mpp"),
         (["slide.tiff", "-o", "x.geojson", "--roi-geojson", "missing.geojson"], "missing.geojson"),
         (["slide.tiff", "-o", "x.geojson", "--roi", "0", "0", "0", "10"], "--roi"),
+        (["slide.tiff", "-o", "x.geojson", "--roi", "5000", "5000", "10", "10"], "outside the slide"),
+        (["slide.tiff", "slide2.tiff", "-o", "x.geojson"], "names one file"),
+        (["slide.tiff", "-o", "x.geojson", "--gzip"], "--gzip"),
     ],
 )
 def test_cli_bad_input_is_one_line(tmp_path, overfitted_model, slide_image, monkeypatch, arguments, message):
@@ -219,6 +222,16 @@ def test_segment_without_model_or_default_is_a_clear_error(tmp_path, slide_image
     result = CliRunner().invoke(main, ["segment", str(slide), "-o", str(tmp_path / "x.geojson")])
     assert result.exit_code == 2
     assert "--model" in result.stderr
+
+
+def test_a_slide_of_glass_gives_an_empty_valid_file_and_a_warning(tmp_path, model, caplog):
+    glass = np.full((256, 256, 3), 248, dtype=np.uint8)
+    slide = write_pyramidal_tiff(tmp_path / "glass.tiff", glass, mpp=0.25, levels=1)
+    with caplog.at_level(logging.WARNING):
+        summary = segment_slide(slide, model, SMALL_TILES, tmp_path / "glass.geojson", quiet=True)
+    assert summary.tiles == 0 and summary.nuclei == 0
+    assert "no tissue found" in caplog.text
+    assert_qupath_valid(tmp_path / "glass.geojson")
 
 
 @pytest.mark.skipif(not CMU_SLIDE.is_file(), reason="shared test slide not present")

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections import deque
+from itertools import islice
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+import shapely
 from shapely import Point, affinity
 from tqdm.auto import tqdm
 
@@ -52,7 +54,7 @@ class SegmentConfig:
     roi_geojson: Path | None = None  # QuPath annotations (level-0 px) restricting the work
     subtract_bounds: bool = True  # coordinates relative to OpenSlide's bounds (as QuPath shows them)
     reader_threads: int = 4
-    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 (fp16 where the GPU lacks bf16) on CUDA, fp32 on CPU
     thumbnail_size: int = 2048  # longer side (px) of the image the tissue mask is computed on
 
     def __post_init__(self) -> None:
@@ -89,13 +91,23 @@ class SlidePlan:
     tiles: list[Tile]
     roi_polygons: list = field(default_factory=list)  # shapely polygons in working px
     working_mpp: float = 0.0
+    area_mm2: float = 0.0  # tissue (or region) area the tiles cover
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a --precision value on ``device`` (None: plain fp32)."""
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _clip(rect: tuple[float, float, float, float], bounds: tuple[int, int, int, int]) -> tuple[float, float, float, float] | None:
+    """Intersection of two (x, y, width, height) rectangles, or None when they do not overlap."""
+    x0, y0 = max(rect[0], bounds[0]), max(rect[1], bounds[1])
+    x1, y1 = min(rect[0] + rect[2], bounds[0] + bounds[2]), min(rect[1] + rect[3], bounds[1] + bounds[3])
+    return (x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
 
 
 def output_offset(slide: Slide, config: SegmentConfig) -> tuple[float, float]:
@@ -110,6 +122,9 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> Slide
     if model_mpp is None:
         logger.warning("the model does not record its µm/px: segmenting at the slide's own resolution")
         model_mpp = slide_mpp
+    multiple = model.network.config.size_multiple
+    if config.tile_size % multiple:
+        raise InputError(f"--tile-size {config.tile_size}: this model needs a multiple of {multiple}")
     factor = model_mpp / slide_mpp
     level = slide.best_level_for_downsample(factor)
     # ROIs are given in the output's frame: level-0 px minus the bounds offset when it is on.
@@ -118,7 +133,9 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> Slide
         x, y, width, height = config.roi
         if width <= 0 or height <= 0:
             raise InputError(f"--roi {' '.join(map(str, config.roi))}: width and height must be positive")
-        region_level0 = (x + offset[0], y + offset[1], width, height)
+        region_level0 = _clip((x + offset[0], y + offset[1], width, height), slide.bounds)
+        if region_level0 is None:
+            raise InputError(f"--roi {' '.join(map(str, config.roi))}: lies outside the slide {slide.path}")
     else:
         region_level0 = slide.bounds
     tiles = plan_tiles(region_to_working(region_level0, factor), config.tile_size, config.context)
@@ -126,12 +143,19 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> Slide
     if config.roi_geojson is not None:
         polygons = region_mask_from_geojson(config.roi_geojson, offset=offset)
         roi_polygons = [affinity.scale(p, 1 / factor, 1 / factor, origin=(0, 0)) for p in polygons]
+        for polygon in roi_polygons:
+            shapely.prepare(polygon)
         tiles = tiles_in_polygons(tiles, roi_polygons)
+    # Area of the work, mm²: the tissue found, else the region's tile cores.
+    area_mm2 = sum(t.core[2] * t.core[3] for t in tiles) * (model_mpp / 1000.0) ** 2
     if config.tissue_mask and tiles:
         thumbnail, thumbnail_downsample = slide.thumbnail(config.thumbnail_size)
         mask = tissue_mask(thumbnail)
         tiles = tiles_with_tissue(tiles, mask, thumbnail_downsample / factor)
-    return SlidePlan(slide, factor, level, tiles, roi_polygons, model_mpp)
+        area_mm2 = min(area_mm2, float(mask.sum()) * (thumbnail_downsample * slide_mpp / 1000.0) ** 2)
+    if not tiles:
+        logger.warning("%s: no tissue found in the region; nothing to segment (--no-tissue-mask processes everything)", slide.path)
+    return SlidePlan(slide, factor, level, tiles, roi_polygons, model_mpp, area_mm2)
 
 
 def read_tile(plan: SlidePlan, tile: Tile) -> np.ndarray:
@@ -176,40 +200,50 @@ def _inside_any(nucleus: Nucleus, polygons: list) -> bool:
     return any(polygon.covers(point) for polygon in polygons)
 
 
-def iterate_nuclei(plan: SlidePlan, model: LoadedModel, config: SegmentConfig, progress: tqdm | None = None) -> Iterator[Nucleus]:
-    """Every nucleus of the planned tiles, once, in level-0 px, streamed tile row by tile row."""
+def iterate_nuclei(
+    plan: SlidePlan,
+    model: LoadedModel,
+    config: SegmentConfig,
+    progress: tqdm | None = None,
+    summary: SegmentSummary | None = None,
+) -> Iterator[Nucleus]:
+    """Every nucleus of the planned tiles, once, in level-0 px, streamed tile row by tile row.
+
+    Close the generator (or exhaust it) before closing the slide: closing it stops the
+    reading threads. With ``summary``, the count of oversized nuclei is recorded there instead
+    of being logged.
+    """
     network = model.network
     device = next(network.parameters()).device
     dtype = autocast_dtype(config.precision, device)
     checkpoint = model.checkpoint
     deduplicator = BorderDeduplicator()
     postprocess = _TileResults(model, plan, config)
-    batches = [plan.tiles[i : i + config.batch_size] for i in range(0, len(plan.tiles), config.batch_size)]
-    with ThreadPoolExecutor(config.reader_threads, thread_name_prefix="read") as readers, ThreadPoolExecutor(
-        1, thread_name_prefix="post"
-    ) as post:
-        reads: deque[tuple[list[Tile], list[Future]]] = deque()
-        pending: deque[Future] = deque()
-        lookahead = max(2, 2 * config.reader_threads // config.batch_size + 1)
+    tiles_left = iter(plan.tiles)
+    readers = ThreadPoolExecutor(config.reader_threads, thread_name_prefix="read")
+    post = ThreadPoolExecutor(1, thread_name_prefix="post")
+    reads: deque[tuple[list[Tile], list[Future]]] = deque()
+    pending: deque[Future] = deque()
+    lookahead = max(2, 2 * config.reader_threads // config.batch_size + 1)
+    emitted = 0
 
-        found = 0
+    def drain(limit: int) -> Iterator[Nucleus]:
+        nonlocal emitted
+        while len(pending) > limit:
+            for tile, owned in pending.popleft().result():
+                final = deduplicator.add(tile, owned)
+                emitted += len(final)
+                yield from scale(final, plan.factor)
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(nuclei=emitted, refresh=False)
 
-        def drain(limit: int) -> Iterator[Nucleus]:
-            nonlocal found
-            while len(pending) > limit:
-                for tile, owned in pending.popleft().result():
-                    yield from scale(deduplicator.add(tile, owned), plan.factor)
-                    found += len(owned)
-                    if progress is not None:
-                        progress.update(1)
-                        progress.set_postfix(nuclei=found, refresh=False)
-
-        next_batch = 0
-        while next_batch < len(batches) or reads:
-            while next_batch < len(batches) and len(reads) < lookahead:
-                tiles = batches[next_batch]
-                reads.append((tiles, [readers.submit(read_tile, plan, tile) for tile in tiles]))
-                next_batch += 1
+    try:
+        while True:
+            while len(reads) < lookahead and (batch := list(islice(tiles_left, config.batch_size))):
+                reads.append((batch, [readers.submit(read_tile, plan, tile) for tile in batch]))
+            if not reads:
+                break
             tiles, futures = reads.popleft()
             pixels = np.stack([future.result() for future in futures])
             tensor = images_to_tensor(pixels, checkpoint.mean, checkpoint.std, device).contiguous(memory_format=torch.channels_last)
@@ -218,14 +252,24 @@ def iterate_nuclei(plan: SlidePlan, model: LoadedModel, config: SegmentConfig, p
             pending.append(post.submit(postprocess, tiles, output))
             yield from drain(limit=1)
         yield from drain(limit=0)
+    finally:
+        # Also on errors and early close: no thread may touch the slide after this returns.
+        readers.shutdown(wait=True, cancel_futures=True)
+        post.shutdown(wait=True, cancel_futures=True)
     yield from scale(deduplicator.flush(), plan.factor)
-    if postprocess.oversized:
-        logger.warning(
-            "%d nuclei are larger than the tile context (%d px at the model's resolution) and may be cut "
-            "at tile borders: raise --context",
-            postprocess.oversized,
-            config.context,
-        )
+    if summary is not None:
+        summary.oversized = postprocess.oversized
+    elif postprocess.oversized:
+        _warn_oversized(postprocess.oversized, config)
+
+
+def _warn_oversized(count: int, config: SegmentConfig) -> None:
+    logger.warning(
+        "%d nuclei are larger than the tile context (%d px at the model's resolution) and may be cut at tile borders: "
+        "raise --context",
+        count,
+        config.context,
+    )
 
 
 def segment_slide(
@@ -246,14 +290,14 @@ def segment_slide(
             offset=output_offset(slide, config),
             slide_id=f"{Path(path).name}:{slide.dimensions[0]}x{slide.dimensions[1]}",
         )
-        core_area = sum(t.core[2] * t.core[3] for t in plan.tiles) * (plan.working_mpp / 1000.0) ** 2
+        summary = SegmentSummary(slide=Path(path), tiles=len(plan.tiles), tissue_area_mm2=plan.area_mm2, output=Path(output))
         with tqdm(total=len(plan.tiles), desc=Path(path).name, unit="tile", disable=quiet) as progress:
-            count = write_geojson(output, iterate_nuclei(plan, model, config, progress), settings)
-    return SegmentSummary(
-        slide=Path(path),
-        nuclei=count,
-        tiles=len(plan.tiles),
-        tissue_area_mm2=core_area,
-        seconds=time.monotonic() - started,
-        output=Path(output),
-    )
+            nuclei = iterate_nuclei(plan, model, config, progress, summary)
+            try:
+                summary.nuclei = write_geojson(output, nuclei, settings)
+            finally:
+                nuclei.close()
+    if summary.oversized:
+        _warn_oversized(summary.oversized, config)
+    summary.seconds = time.monotonic() - started
+    return summary

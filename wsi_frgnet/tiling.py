@@ -36,7 +36,7 @@ from dataclasses import dataclass
 Rect = tuple[int, int, int, int]  # (x, y, width, height)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tile:
     """One network tile, in working px.
 

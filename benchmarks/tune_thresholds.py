@@ -1,0 +1,75 @@
+"""Choose a model's score, NMS and guide-filter thresholds on validation images.
+
+The network runs once per image; each threshold combination only re-runs post-processing.
+Prints mean PQ / AJI for every combination (best first) and, with --write, saves a copy of the
+model with the best thresholds stored in it.
+
+    python benchmarks/tune_thresholds.py --model model.pt DATA_DIR [--names held_out.txt] [--write tuned.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import torch
+
+from wsi_frgnet.checkpoint import load_checkpoint, save_checkpoint
+from wsi_frgnet.config import PostprocessConfig
+from wsi_frgnet.contours import polygons_to_label_map
+from wsi_frgnet.dataset_folder import list_labelled_images, load_pair, read_name_list
+from wsi_frgnet.inference import images_to_tensor, load_model, pad_with_glass
+from wsi_frgnet.metrics import mean_scores, score_instances
+from wsi_frgnet.postprocess import decode_nuclei
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--names", type=Path, help="only these image names of DATA_DIR (one a line)")
+    parser.add_argument("--score", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
+    parser.add_argument("--nms", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5])
+    parser.add_argument("--guide", type=float, nargs="+", default=[0.0, 0.3, 0.5])
+    parser.add_argument("--write", type=Path, help="save the model with the best thresholds here")
+    args = parser.parse_args()
+
+    model = load_model(args.model)
+    items = list_labelled_images(args.data_dir)
+    if args.names:
+        names = set(read_name_list(args.names))
+        items = [item for item in items if item.name in names]
+    cached = []
+    for item in items:
+        rgb, truth = load_pair(item)
+        tensor = images_to_tensor(pad_with_glass(rgb, model.network.config.size_multiple)[None], model.checkpoint.mean,
+                                  model.checkpoint.std, "cpu")
+        with torch.no_grad():
+            cached.append((model.network(tensor), truth))
+    rows = []
+    for score, nms, guide in itertools.product(args.score, args.nms, args.guide):
+        config = PostprocessConfig(score_threshold=score, nms_threshold=nms, guide_threshold=guide)
+        scores = []
+        for output, truth in cached:
+            nuclei, _ = decode_nuclei(output, 0, model.network.config, config, valid_size=truth.shape)
+            scores.append(score_instances(truth, polygons_to_label_map([n.polygon for n in nuclei], truth.shape)))
+        mean = mean_scores(scores)
+        rows.append((mean["pq"], mean["aji"], mean["dq"], mean["sq"], config))
+    rows.sort(key=lambda row: row[0], reverse=True)
+    print(f"{len(items)} images; mean over images")
+    print("score  nms   guide |  PQ     AJI    DQ     SQ")
+    for pq, aji, dq, sq, config in rows:
+        print(f"{config.score_threshold:5.2f} {config.nms_threshold:5.2f} {config.guide_threshold:5.2f} | "
+              f"{pq:.4f} {aji:.4f} {dq:.4f} {sq:.4f}")
+    if args.write:
+        best = rows[0][4]
+        checkpoint = load_checkpoint(args.model)
+        checkpoint.postprocess = best
+        checkpoint.provenance = {**checkpoint.provenance, "thresholds_tuned_on": [item.name for item in items]}
+        save_checkpoint(args.write, checkpoint)
+        print(f"wrote {args.write} with {best}")
+
+
+if __name__ == "__main__":
+    main()
