@@ -29,7 +29,10 @@ _DEFAULTS = TrainingConfig()
 @click.option("--validate-every", type=int, default=_DEFAULTS.validate_every, show_default=True, help="Epochs between validation passes.")
 @click.option("--workers", type=click.IntRange(min=0), default=_DEFAULTS.workers, show_default=True, help="Data-loading processes (0: in the main process).")
 @click.option("--architecture", type=click.Choice(["default", "tiny"]), default="default", show_default=True, help="Network size; tiny is for tests and smoke runs.")
-@click.option("--guide", type=click.Choice(GUIDE_MODES), default="soft", show_default=True, help="Fourier guide target; none turns the guide module off.")
+@click.option("--keep-fraction", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
+              help="Keep this seeded random share of each image's nuclei as annotations (weak supervision; implies --guide hard).")
+@click.option("--guide", type=click.Choice(GUIDE_MODES), default=None,
+              help="Fourier guide target: soft (default), hard (default with --keep-fraction < 1), none turns the guide module off.")
 @click.option("--contrastive/--no-contrastive", default=True, show_default=True, help="Guide-based instance-level contrastive loss (GILC).")
 @click.option("--mixed-precision/--no-mixed-precision", default=True, show_default=True, help="bf16 autocast on CUDA.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run whose state lies beside --output.")
@@ -38,7 +41,7 @@ _DEFAULTS = TrainingConfig()
 @handles_user_errors
 def train(data_dir: Path, output: Path, validation: Path | None, validation_fraction: float | None, epochs: int, batch_size: int,
           learning_rate: float, warmup_epochs: float, crop_size: int, mpp: float | None, seed: int, validate_every: int,
-          workers: int, architecture: str, guide: str, contrastive: bool, mixed_precision: bool, resume: bool,
+          workers: int, architecture: str, keep_fraction: float, guide: str | None, contrastive: bool, mixed_precision: bool, resume: bool,
           device: str, quiet: bool) -> None:
     """Train an FrGNet on DATA_DIR (images/ and labels/ with the same file stems).
 
@@ -51,11 +54,13 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
 
     try:
         base = ModelConfig.tiny() if architecture == "tiny" else ModelConfig()
+        if guide is None:
+            guide = "hard" if keep_fraction < 1.0 else "soft"
         model_config = ModelConfig(**{**vars(base), "guide": guide, "contrastive": contrastive})
         training = TrainingConfig(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup_epochs=warmup_epochs,
             crop_size=crop_size, seed=seed, validate_every=validate_every, workers=workers,
-            mixed_precision=mixed_precision,
+            mixed_precision=mixed_precision, keep_fraction=keep_fraction,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 GuideMode = Literal["soft", "hard", "none"]
 GUIDE_MODES: tuple[str, ...] = ("soft", "hard", "none")
+# What ``finetune --freeze-all-but`` may leave trainable (see wsi_frgnet.finetune.trainable_modules).
+FREEZE_CHOICES: tuple[str, ...] = ("guide", "heads", "decoder", "none")
 
 # Per-channel mean / std of RGB in [0, 1] used to normalise network input (H&E-typical values).
 DEFAULT_MEAN = (0.70, 0.52, 0.70)
@@ -152,12 +154,15 @@ class TrainingConfig:
     validate_every: int = 1  # epochs between validation passes
     workers: int = 2  # data-loading processes
     mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    keep_fraction: float = 1.0  # share of each image's nuclei kept as annotations (weak supervision)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.validate_every < 1:
             raise ValueError("epochs, batch_size and validate_every must be at least 1")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError("learning_rate must be a positive number")
+        if not 0.0 < self.keep_fraction <= 1.0:
+            raise ValueError(f"keep_fraction must be in (0, 1], not {self.keep_fraction}")
         if self.workers < 0 or self.seed < 0:
             raise ValueError("workers and seed must not be negative")
         if self.crop_size < 32 or self.crop_size % 32:

@@ -52,15 +52,20 @@ def build_targets(
     target_config: TargetConfig,
     full_areas: dict[int, int] | None = None,
     unknown: np.ndarray | None = None,
+    partial: bool = False,
 ) -> CropTargets:
     """Targets for a crop ``rgb`` (H, W, 3) uint8 with instance ``labels`` (H, W).
 
     ``full_areas`` maps label id → area in the uncropped image, so that instances the crop cut
     to less than ``min_kept_fraction`` are ignored rather than taught. ``unknown`` (H, W) bool
     marks pixels whose annotation is missing: cells there are never taught as background.
+    ``partial``: the labels hold only some of the nuclei (METHOD.md §4): a cell is taught as
+    background only where no labelled instance lies and the hard guide is 0; cells where most
+    pixels are guide-positive without a label are ignored by the score loss.
     """
     stride = model_config.head_stride
     height, width = labels.shape
+    normalised_guide = fourier_guide(rgb, target_config.guide_radius) if (model_config.uses_guide or partial) else None
     if height % stride or width % stride:
         raise ValueError(f"crop size {width}x{height} is not a multiple of the head stride {stride}")
     order, samples = model_config.fourier_order, model_config.contour_points
@@ -93,13 +98,17 @@ def build_targets(
     owner = np.take_along_axis(_block_view(owner_px, stride), best[..., None], axis=2)[..., 0]
     score = (cell_max >= target_config.core_threshold).astype(np.float32)
     ring = (cell_max >= target_config.ignore_threshold) & (score == 0)
-    cell_ignored = _block_view(ignored_px, stride).any(axis=2) & (score == 0)
+    cell_ignored = _block_view(ignored_px, stride).any(axis=2)
+    if partial:
+        unlabelled_positive = (normalised_guide >= target_config.hard_guide_threshold) & (labels == 0)
+        cell_ignored |= _block_view(unlabelled_positive, stride).mean(axis=2) >= 0.5
+    cell_ignored &= score == 0
     score_weight = (~(ring | cell_ignored)).astype(np.float32)
     owner = np.where(score == 1, owner, -1)
 
     guide = None
     if model_config.uses_guide:
-        soft = guide_target(fourier_guide(rgb, target_config.guide_radius), labels > 0, hard=False)
+        soft = guide_target(normalised_guide, labels > 0, hard=False)
         guide = _block_view(soft, 2).mean(axis=2)
         if model_config.guide == "hard":  # binarised at the guide head's own resolution
             guide = guide >= target_config.hard_guide_threshold

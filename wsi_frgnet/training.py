@@ -9,9 +9,11 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -119,12 +121,41 @@ def _checkpoint(run: TrainingRun, model: FrgNet, extra: dict[str, Any]) -> Model
 def train(run: TrainingRun, train_images: list[LabelledArray], validation_images: list[LabelledArray]) -> dict[str, Any]:
     """Train, validating every ``validate_every`` epochs; write the best model (by validation
     PQ, or the last one without validation data) to ``run.output``. Returns a summary."""
+    torch.manual_seed(run.training.seed)
+    model = FrgNet(run.model_config)
+    dataset = RandomCrops(
+        train_images, run.training.crop_size, run.model_config, run.targets, run.training.seed,
+        keep_fraction=run.training.keep_fraction,
+    )
+    return optimise(run, model, dataset, validation_images, frgnet_loss, trainable=None)
+
+
+LossFunction = Callable[..., dict[str, torch.Tensor]]  # (model, output, targets, loss config, input size, generator)
+
+
+def optimise(
+    run: TrainingRun,
+    model: FrgNet,
+    dataset: RandomCrops,
+    validation_images: list[LabelledArray],
+    loss_function: LossFunction,
+    trainable: list[nn.Module] | None,
+) -> dict[str, Any]:
+    """The optimisation loop shared by ``train`` and fine-tuning.
+
+    Only the parameters of ``trainable`` modules move (all of them when None); every other
+    module stays in eval mode, so its BatchNorm statistics stay frozen too.
+    """
     config = run.training
-    torch.manual_seed(config.seed)
     # Default memory format: channels-last backward corrupts memory in some CPU builds of torch.
-    model = FrgNet(run.model_config).to(run.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    dataset = RandomCrops(train_images, config.crop_size, run.model_config, run.targets, config.seed)
+    model = model.to(run.device)
+    modules = [model] if trainable is None else trainable
+    for parameter in model.parameters():
+        parameter.requires_grad_(trainable is None)
+    parameters = [p for module in modules for p in module.parameters()]
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(dataset) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = max(1, int(config.warmup_epochs * steps_per_epoch))
@@ -158,7 +189,9 @@ def train(run: TrainingRun, train_images: list[LabelledArray], validation_images
             collate_fn=collate,
             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch),
         )
-        model.train()
+        model.eval()
+        for module in modules:
+            module.train()
         sums: dict[str, float] = {}
         batches = 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=run.quiet, leave=False)
@@ -168,10 +201,10 @@ def train(run: TrainingRun, train_images: list[LabelledArray], validation_images
             inputs = images_to_tensor(images, DEFAULT_MEAN, DEFAULT_STD, run.device)
             with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=use_autocast):
                 output = model(inputs)
-            parts = frgnet_loss(model, output, targets.to(run.device), run.losses, input_size, generator)
+            parts = loss_function(model, output, targets.to(run.device), run.losses, input_size, generator)
             optimizer.zero_grad(set_to_none=True)
             parts["total"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            torch.nn.utils.clip_grad_norm_(parameters, 10.0)
             optimizer.step()
             step += 1
             batches += 1

@@ -45,6 +45,7 @@ class RandomCrops(Dataset):
         target_config: TargetConfig,
         seed: int,
         augment: bool = True,
+        keep_fraction: float = 1.0,
     ) -> None:
         if crop_size % model_config.size_multiple:
             raise ValueError(f"crop size must be a multiple of {model_config.size_multiple}")
@@ -54,6 +55,8 @@ class RandomCrops(Dataset):
         self.target_config = target_config
         self.seed = seed
         self.augment = augment
+        self.keep_fraction = keep_fraction
+        self.kept_ids = [kept_instances(image.labels, keep_fraction, seed, index) for index, image in enumerate(images)]
         self.epoch = 0
         self.image_of_sample = [
             index
@@ -83,11 +86,23 @@ class RandomCrops(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         image = self.images[self.image_of_sample[index]]
         rgb, labels = self._crop(image, rng)
+        partial = self.keep_fraction < 1.0
+        if partial:
+            labels = np.where(np.isin(labels, self.kept_ids[self.image_of_sample[index]]), labels, 0)
         if self.augment:
             rgb, labels = dihedral(rgb, labels, rng)
             rgb = stain_jitter(rgb, rng)
-        targets = build_targets(rgb, labels, self.model_config, self.target_config, full_areas=image.areas)
+        targets = build_targets(rgb, labels, self.model_config, self.target_config, full_areas=image.areas, partial=partial)
         return np.ascontiguousarray(rgb), targets
+
+
+def kept_instances(labels: np.ndarray, fraction: float, seed: int, image_index: int) -> np.ndarray:
+    """Ids of the instances kept as annotations: round(fraction * N) of the N instances,
+    chosen at random with (seed, image_index)."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    count = int(round(fraction * len(ids)))
+    return np.sort(np.random.default_rng([seed, image_index, 1]).permutation(ids)[:count])
 
 
 def collate(samples: list[tuple[np.ndarray, CropTargets]]) -> tuple[np.ndarray, BatchTargets]:

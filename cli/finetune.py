@@ -1,0 +1,74 @@
+"""``frgnet-wsi finetune --model base.pt INPUT... -o tuned.pt``."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import click
+
+from wsi_frgnet.config import FREEZE_CHOICES
+from wsi_frgnet.cli.common import configure_logging, device_option, handles_user_errors, quiet_option
+
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "-m", "model_path", type=click.Path(path_type=Path), required=True, help="The model to adapt (.pt).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Adapted model file to write.")
+@click.option("--freeze-all-but", "keep", default="guide", show_default=True,
+              help="What stays trainable: guide (the Fourier guide head: the unlabelled setting), heads, decoder, none "
+                   "(train everything). Without annotations only 'guide' can learn.")
+@click.option("--tiles-per-slide", type=click.IntRange(min=1), default=64, show_default=True, help="Random tissue tiles per input (seeded).")
+@click.option("--tile-size", type=int, default=256, show_default=True, help="Tile side, px at the model's resolution (multiple of 32).")
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-3, show_default=True)
+@click.option("--mpp", type=float, help="µm/px of the inputs, overriding (or replacing missing) metadata.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run whose state lies beside --output.")
+@device_option
+@quiet_option
+@handles_user_errors
+def finetune(inputs: tuple[Path, ...], model_path: Path, output: Path, keep: str, tiles_per_slide: int, tile_size: int, epochs: int,
+             batch_size: int, learning_rate: float, mpp: float | None, seed: int, workers: int, resume: bool, device: str,
+             quiet: bool) -> None:
+    """Adapt a model to a lab's own slides or images (INPUT: slides, images or folders of
+    images), without annotations: only the Fourier guide head trains, on the inputs' own
+    Fourier guide; everything else, BatchNorm statistics included, stays as it was.
+
+    The output loads and segments like any other model and records its parent (file hash),
+    what was frozen and the data it saw.
+    """
+    configure_logging(quiet)
+    if keep not in FREEZE_CHOICES:
+        raise click.BadParameter(f"{keep!r}: choose one of {', '.join(FREEZE_CHOICES)}", param_hint="--freeze-all-but")
+    if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
+        raise click.BadParameter(f"--mpp must be a positive number, not {mpp}")
+    from wsi_frgnet.config import TrainingConfig
+    from wsi_frgnet.devices import resolve_device
+    from wsi_frgnet.errors import InputError
+    from wsi_frgnet.finetune import finetune as adapt
+    from wsi_frgnet.finetune import sample_tiles
+    from wsi_frgnet.inference import load_model
+    from wsi_frgnet.training import TrainingRun
+
+    try:
+        training = TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup_epochs=0.5,
+                                  crop_size=tile_size, seed=seed, workers=workers, validate_every=epochs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if not output.parent.is_dir():
+        raise InputError(f"{output}: cannot write, output folder {output.parent} does not exist")
+    model = load_model(model_path, resolve_device(device))
+    sample = sample_tiles(list(inputs), model, tiles_per_slide, tile_size, seed, mpp)
+    checkpoint = model.checkpoint
+    run = TrainingRun(
+        output=output, model_config=checkpoint.model_config, training=training, postprocess=checkpoint.postprocess,
+        microns_per_pixel=checkpoint.microns_per_pixel, device=resolve_device(device), resume=resume, quiet=quiet,
+        provenance={"command": " ".join(["frgnet-wsi", *sys.argv[1:]])},
+    )
+    summary = adapt(run, model, model_path, sample, keep)
+    click.echo(f"Wrote {output}: adapted on {len(sample.tiles)} tiles in {summary['seconds'] / 60:.1f} min.")

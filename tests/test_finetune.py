@@ -1,0 +1,77 @@
+"""Unlabelled-domain adaptation: only the guide head moves; the result is a normal model."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from slide_factory import write_pyramidal_tiff
+
+from wsi_frgnet.checkpoint import file_sha256, load_checkpoint
+from wsi_frgnet.cli.main import main
+from wsi_frgnet.inference import load_model
+from wsi_frgnet.pipeline import SegmentConfig, segment_slide
+from wsi_frgnet.synthetic import synthetic_nuclei
+
+FAST = ["--tiles-per-slide", "4", "--tile-size", "128", "--epochs", "2", "--batch-size", "2", "--learning-rate", "0.05", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def other_lab_slide(tmp_path_factory):
+    """A slide from another "lab": bluer stain, slightly blurred."""
+    rgb, _ = synthetic_nuclei(384, 384, seed=21)
+    shifted = np.clip(rgb.astype(np.float32) * np.array([0.85, 0.95, 1.1]) + np.array([0, 10, 0]), 0, 255).astype(np.uint8)
+    return write_pyramidal_tiff(tmp_path_factory.mktemp("lab") / "lab.tiff", shifted, mpp=0.25, levels=2)
+
+
+def test_only_the_guide_head_changes(tmp_path, overfitted_model, other_lab_slide):
+    run, _, _ = overfitted_model
+    output = tmp_path / "tuned.pt"
+    result = CliRunner().invoke(main, ["finetune", "--model", str(run.output), str(other_lab_slide), "-o", str(output), *FAST])
+    assert result.exit_code == 0, result.output + result.stderr
+    parent, tuned = load_checkpoint(run.output), load_checkpoint(output)
+    changed = [name for name in parent.state_dict if not torch.equal(parent.state_dict[name], tuned.state_dict[name])]
+    assert changed and all(name.startswith("guide_head.") for name in changed)
+    assert any(name.endswith("weight") for name in changed)
+    frozen_buffers = [n for n in parent.state_dict if "running_" in n and not n.startswith("guide_head.")]
+    assert frozen_buffers and all(torch.equal(parent.state_dict[n], tuned.state_dict[n]) for n in frozen_buffers)
+    assert tuned.provenance["parent_sha256"] == file_sha256(run.output)
+    assert tuned.provenance["trainable"] == "guide"
+    assert list(tuned.provenance["finetune_inputs"].values()) == [4]
+    assert tuned.model_config == parent.model_config and tuned.microns_per_pixel == parent.microns_per_pixel
+    # It loads and segments like any other model.
+    summary = segment_slide(other_lab_slide, load_model(output), SegmentConfig(tile_size=128, context=32),
+                            tmp_path / "n.geojson", quiet=True)
+    assert summary.nuclei > 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--freeze-all-but", "encoder"], "--freeze-all-but"),
+        (["--freeze-all-but", "heads"], "needs annotated inputs"),
+        (["--mpp", "0"], "--mpp"),
+    ],
+)
+def test_bad_options(tmp_path, overfitted_model, other_lab_slide, extra, message):
+    run, _, _ = overfitted_model
+    result = CliRunner().invoke(main, ["finetune", "--model", str(run.output), str(other_lab_slide), "-o",
+                                       str(tmp_path / "t.pt"), *FAST, *extra])
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "t.pt").exists()
+
+
+def test_bad_inputs(tmp_path, overfitted_model, other_lab_slide):
+    run, _, _ = overfitted_model
+    glass = write_pyramidal_tiff(tmp_path / "glass.tiff", np.full((256, 256, 3), 248, np.uint8), mpp=0.25, levels=1)
+    not_ours = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, not_ours)
+    cases = [
+        (["--model", str(tmp_path / "missing.pt"), str(other_lab_slide)], "missing.pt: no such file"),
+        (["--model", str(not_ours), str(other_lab_slide)], "other.pt: not a frgnet-wsi file"),
+        (["--model", str(run.output), str(glass)], "no tissue found"),
+        (["--model", str(run.output), str(tmp_path / "nothing")], "nothing: no such file"),
+    ]
+    for arguments, message in cases:
+        result = CliRunner().invoke(main, ["finetune", *arguments, "-o", str(tmp_path / "t.pt"), *FAST])
+        assert result.exit_code == 2, (arguments, result.output, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,61 @@
+"""Partial annotations (METHOD.md §4): kept share, targets that never teach unlabelled nuclei as background."""
+
+import numpy as np
+import torch
+
+from wsi_frgnet.config import ModelConfig, TargetConfig
+from wsi_frgnet.losses import score_loss
+from wsi_frgnet.synthetic import synthetic_nuclei
+from wsi_frgnet.targets import build_targets
+from wsi_frgnet.training_data import LabelledArray, RandomCrops, kept_instances
+
+
+def test_kept_instances_are_seeded_and_keep_the_requested_share():
+    labels = np.arange(100, dtype=np.int32).reshape(10, 10)  # ids 1..99 and background 0
+    kept = kept_instances(labels, 0.3, seed=1, image_index=0)
+    assert len(kept) == round(0.3 * 99) and set(kept) <= set(range(1, 100))
+    assert np.array_equal(kept, kept_instances(labels, 0.3, seed=1, image_index=0))
+    assert not np.array_equal(kept, kept_instances(labels, 0.3, seed=2, image_index=0))
+    assert not np.array_equal(kept, kept_instances(labels, 0.3, seed=1, image_index=1))
+    assert len(kept_instances(labels, 1.0, seed=1, image_index=0)) == 99
+
+
+def test_unlabelled_nuclei_are_ignored_not_background():
+    config = ModelConfig.tiny(guide="hard")
+    rgb, labels = synthetic_nuclei(128, 128, seed=2)
+    dropped = np.unique(labels)[1::2]  # every other nucleus loses its annotation
+    partial_labels = np.where(np.isin(labels, dropped), 0, labels)
+    full = build_targets(rgb, partial_labels, config, TargetConfig())
+    partial = build_targets(rgb, partial_labels, config, TargetConfig(), partial=True)
+    stride = config.head_stride
+    centres = [np.argwhere(labels == i).mean(axis=0) // stride for i in dropped]
+    cells = tuple(np.array(centres, dtype=int).T)
+    # Without the rule the dropped nuclei are taught as background; with it they are ignored.
+    assert (full.score_weight[cells] == 1).all() and (full.score[cells] == 0).all()
+    assert (partial.score_weight[cells] == 0).all()
+    # Kept nuclei are still taught, and clear background is still background.
+    assert partial.score.sum() == full.score.sum() > 0
+    assert partial.score_weight[0, 0] == 1 or labels[:stride, :stride].any()
+    assert set(np.unique(partial.guide)) <= {0.0, 1.0}
+
+
+def test_score_loss_is_blind_to_unlabelled_nuclei():
+    config = ModelConfig.tiny(guide="hard")
+    rgb, labels = synthetic_nuclei(128, 128, seed=3)
+    dropped = np.unique(labels)[1::3]
+    targets = build_targets(rgb, np.where(np.isin(labels, dropped), 0, labels), config, TargetConfig(), partial=True)
+    target, weight = torch.from_numpy(targets.score), torch.from_numpy(targets.score_weight)
+    logits = torch.zeros_like(target)
+    before = score_loss(logits, target, weight)
+    ignored_background = (weight == 0) & (target == 0)
+    assert ignored_background.any()
+    logits[ignored_background] = 10.0  # confident "nucleus" where an unlabelled nucleus lies
+    assert torch.equal(score_loss(logits, target, weight), before)
+
+
+def test_crops_with_keep_fraction_use_only_kept_instances():
+    rgb, labels = synthetic_nuclei(128, 128, seed=4)
+    dataset = RandomCrops([LabelledArray("a", rgb, labels)], 128, ModelConfig.tiny(guide="hard"), TargetConfig(), seed=0,
+                          augment=False, keep_fraction=0.5)
+    _, targets = dataset[0]
+    assert len(targets.centres) == round(0.5 * labels.max())
