@@ -3,6 +3,8 @@ disk and a tiny model trained once per test session through the command line."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 from pathlib import Path
 
@@ -11,6 +13,9 @@ import pytest
 from PIL import Image
 
 from wsi_frgnet.synthetic import synthetic_nuclei
+
+if TYPE_CHECKING:
+    from wsi_frgnet.training import TrainingRun
 
 MICRONS_PER_PIXEL = 0.25
 DATA_IMAGE_SIZE = 96
@@ -96,7 +101,7 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, session_data_dir: 
     return out
 
 
-def tiny_training_run(output: Path, epochs: int, **training: object) -> "TrainingRun":
+def tiny_training_run(output: Path, epochs: int, **training: object) -> TrainingRun:
     """A quiet, fast training set-up of the tiny model (128 px crops, 0.25 µm/px)."""
     from wsi_frgnet.config import ModelConfig, PostprocessConfig, TrainingConfig
     from wsi_frgnet.training import TrainingRun

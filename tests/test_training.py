@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from wsi_frgnet.checkpoint import load_checkpoint
-from wsi_frgnet.config import ModelConfig, PostprocessConfig, TargetConfig, TrainingConfig
+from wsi_frgnet.config import ModelConfig, PostprocessConfig, TargetConfig
 from wsi_frgnet.inference import load_model, predict_image
 from wsi_frgnet.metrics import score_instances
 from wsi_frgnet.synthetic import synthetic_nuclei
 from wsi_frgnet import training as training_module
 from wsi_frgnet.errors import InputError
-from wsi_frgnet.training import TrainingRun, learning_rate_factor, train
+from wsi_frgnet.training import learning_rate_factor, train
 from wsi_frgnet.training_data import LabelledArray, RandomCrops
 
 

@@ -138,10 +138,22 @@ def rasterize_polygon(polygon: np.ndarray, shape: tuple[int, int]) -> tuple[slic
     with np.errstate(divide="ignore", invalid="ignore"):  # horizontal edges: masked by `crosses`
         fraction = (centres_y[:, None] - ya) / (yb - ya)
         crossing_x = start[None, :, 0] + fraction * (end[None, :, 0] - start[None, :, 0])  # (R, E)
-    centres_x = np.arange(x0, x1) + 0.5  # (C,)
-    # A pixel centre is inside when an odd number of edge crossings lie to its left.
-    left = crosses[:, :, None] & (crossing_x[:, :, None] < centres_x[None, None, :])  # (R, E, C)
-    inside = (left.sum(axis=1) % 2) == 1
+    # Even-odd scanlines: on each row, centres in (x0, x1], (x2, x3], ... of the sorted
+    # crossings are inside. Memory O(rows x (edges + columns)).
+    crossing_x = np.sort(np.where(crosses, crossing_x, np.inf), axis=1)
+    starts, ends = crossing_x[:, 0::2], crossing_x[:, 1::2]
+    if ends.shape[1] < starts.shape[1]:
+        starts = starts[:, : ends.shape[1]]
+    valid = np.isfinite(ends)
+    rows_index = np.broadcast_to(np.arange(len(centres_y))[:, None], starts.shape)[valid]
+    width_window = x1 - x0
+    first = np.clip(np.floor(starts[valid] - 0.5).astype(np.int64) + 1 - x0, 0, width_window)
+    last = np.clip(np.floor(ends[valid] - 0.5).astype(np.int64) + 1 - x0, 0, width_window)  # exclusive
+    keep = first < last
+    change = np.zeros((len(centres_y), width_window + 1), dtype=np.int32)
+    np.add.at(change, (rows_index[keep], first[keep]), 1)
+    np.add.at(change, (rows_index[keep], last[keep]), -1)
+    inside = np.cumsum(change[:, :-1], axis=1) > 0
     if not inside.any():
         return None
     return slice(y0, y1), slice(x0, x1), inside

@@ -3,8 +3,22 @@
 Layout::
 
     DATA_DIR/images/<stem>.<png|tif|tiff|jpg|jpeg>   RGB (H&E) images
-    DATA_DIR/labels/<stem>.<png|tif|tiff>            instance label maps (0 = background)
+    DATA_DIR/labels/<stem>.<png|tif|tiff>            instance label maps (0 = background), or
+    DATA_DIR/labels/<stem>.<geojson|json|geojson.gz> QuPath GeoJSON export of the nuclei
+    DATA_DIR/unknown/<stem>.<png|tif|tiff>           optional: where nuclei were not annotated
     DATA_DIR/manifest.json                           optional, see below
+
+A GeoJSON label file (FeatureCollection, Feature, list of features or bare geometry; gzip
+allowed) gives one nucleus per Polygon, and per part of a MultiPolygon, in image px as QuPath
+writes them (x right, y down, pixel (row r, column c) covering [c, c+1) x [r, r+1)). It is
+rasterised to a label map of the image's size by the pixel-centre rule (holes are filled),
+in file order: where polygons overlap, the pixel goes to the earlier one. Parts outside the
+image are clipped; other geometry types are ignored with a warning.
+
+An ``unknown/`` mask (single-channel, RGB or with alpha) marks with its non-zero
+(non-transparent) pixels the regions where nuclei were NOT annotated: training never teaches
+them as background. A stem may have at most one file in each of ``images/``, ``labels/`` and
+``unknown/``.
 
 ``manifest.json`` is a JSON list of objects with at least ``name`` (the stem) and
 optionally ``xml_microns_per_pixel`` or ``microns_per_pixel`` (pixel size in µm/px;
@@ -24,34 +38,76 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
+import tifffile
+from PIL import Image
 
+from .contours import polygons_to_label_map
 from .errors import InputError
-from .images import IMAGE_SUFFIXES, LABEL_SUFFIXES, read_label_map, read_rgb
+from .images import (
+    IMAGE_SUFFIXES,
+    LABEL_SUFFIXES,
+    _check_input_file,
+    _is_tiff,
+    _read_pillow,
+    _read_tiff,
+    read_label_map,
+    read_rgb,
+)
+from .annotations import read_polygons
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+GEOJSON_SUFFIXES = (".geojson", ".json", ".geojson.gz")
+"""Label files read as QuPath GeoJSON (any case) instead of label-map images."""
+ANNOTATION_SUFFIXES = LABEL_SUFFIXES + GEOJSON_SUFFIXES
+"""Every suffix of a file in ``labels/``."""
+UNKNOWN_SUFFIXES = LABEL_SUFFIXES
+"""Suffixes of the masks in ``unknown/``."""
 _MPP_KEYS = ("xml_microns_per_pixel", "microns_per_pixel")
 
 
 @dataclass(frozen=True)
 class LabelledImage:
-    """One image of a data folder and, if present, its instance label map.
+    """One image of a data folder and, if present, its labels.
 
-    ``microns_per_pixel`` is the pixel size in µm/px from the manifest, or None.
+    ``label_path``: a label map image or a QuPath GeoJSON file (see the module docstring), or
+    None. ``microns_per_pixel`` is the pixel size in µm/px from the manifest, or None.
+    ``unknown_path``: the mask of regions where nuclei were not annotated, or None.
     """
 
     name: str
     image_path: Path
     label_path: Path | None
     microns_per_pixel: float | None
+    unknown_path: Path | None = None
 
 
 # ----------------------------------------------------------------------------- listing
 
 
+def _matching_suffix(path: Path, suffixes: tuple[str, ...]) -> str | None:
+    """The longest of ``suffixes`` that ends ``path``'s name (any case), or None."""
+    name = path.name.lower()
+    found = [s for s in suffixes if name.endswith(s) and len(name) > len(s)]
+    return max(found, key=len) if found else None
+
+
+def _stem(path: Path, suffixes: tuple[str, ...] | None = None) -> str:
+    """``path``'s name without its suffix: the longest matching one of ``suffixes``
+    (``a.geojson.gz`` → ``a``), else the last one."""
+    suffix = _matching_suffix(path, suffixes) if suffixes else None
+    return path.name[: -len(suffix)] if suffix else path.stem
+
+
+def is_geojson(path: Path) -> bool:
+    """Whether ``path`` names a GeoJSON label file (``GEOJSON_SUFFIXES``, any case)."""
+    return _matching_suffix(Path(path), GEOJSON_SUFFIXES) is not None
+
+
 def _files_with_suffixes(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Regular, non-hidden files of ``folder`` whose suffix (any case) is in
+    """Regular, non-hidden files of ``folder`` whose name ends (any case) with one of
     ``suffixes``, sorted by name."""
     try:
         entries = list(folder.iterdir())
@@ -61,7 +117,7 @@ def _files_with_suffixes(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
         (
             p
             for p in entries
-            if not p.name.startswith(".") and p.suffix.lower() in suffixes and p.is_file()
+            if not p.name.startswith(".") and _matching_suffix(p, suffixes) and p.is_file()
         ),
         key=lambda p: p.name,
     )
@@ -86,26 +142,39 @@ def find_images(folder: Path) -> list[Path]:
     return images
 
 
-def _by_stem(files: list[Path], folder: Path, what: str) -> dict[str, Path]:
-    """Map stem -> file; InputError when two files share a stem."""
+def _by_stem(
+    files: list[Path], folder: Path, what: str, suffixes: tuple[str, ...] | None = None
+) -> dict[str, Path]:
+    """Map stem (see :func:`_stem`) -> file; InputError when two files share a stem."""
     out: dict[str, Path] = {}
     for path in files:
-        if path.stem in out:
+        stem = _stem(path, suffixes)
+        if stem in out:
             raise InputError(
-                f"{folder}: ambiguous {what} '{path.stem}': both {out[path.stem].name} "
+                f"{folder}: ambiguous {what} '{stem}': both {out[stem].name} "
                 f"and {path.name} exist; keep only one"
             )
-        out[path.stem] = path
+        out[stem] = path
     return out
 
 
-def list_labelled_images(data_dir: Path, require_labels: bool = True) -> list[LabelledImage]:
-    """List ``data_dir/images`` with matching ``labels/`` files and manifest µm/px,
-    sorted by image name.
+def _warn_orphans(folder: Path, files: dict[str, Path], images: dict[str, Path], what: str) -> None:
+    orphans = sorted(set(files) - set(images))
+    if orphans:
+        shown = ", ".join(files[s].name for s in orphans[:5])
+        more = f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""
+        logger.warning(
+            "%s: ignoring %d %s without an image: %s%s", folder, len(orphans), what, shown, more,
+        )
 
-    With ``require_labels`` every image needs a label map of the same stem, else
-    images without one get ``label_path=None``. Label maps without an image are
-    ignored with a warning.
+
+def list_labelled_images(data_dir: Path, require_labels: bool = True) -> list[LabelledImage]:
+    """List ``data_dir/images`` with matching ``labels/`` files (label maps or GeoJSON),
+    optional ``unknown/`` masks and manifest µm/px, sorted by image name.
+
+    With ``require_labels`` every image needs labels of the same stem, else images without
+    them get ``label_path=None``. Labels or masks without an image are ignored with a
+    warning; two label files (or two masks) of one stem are an InputError.
     """
     data_dir = _check_folder(data_dir, "data folder")
     images_dir = data_dir / "images"
@@ -121,18 +190,18 @@ def list_labelled_images(data_dir: Path, require_labels: bool = True) -> list[La
     labels_dir = data_dir / "labels"
     labels: dict[str, Path] = {}
     if labels_dir.is_dir():
-        labels = _by_stem(_files_with_suffixes(labels_dir, LABEL_SUFFIXES), labels_dir, "label name")
+        labels = _by_stem(
+            _files_with_suffixes(labels_dir, ANNOTATION_SUFFIXES), labels_dir, "label name", ANNOTATION_SUFFIXES
+        )
     elif require_labels:
         raise InputError(f"{data_dir}: no labels/ subfolder (label maps are required)")
+    _warn_orphans(labels_dir, labels, images, "label file(s)")
 
-    orphans = sorted(set(labels) - set(images))
-    if orphans:
-        shown = ", ".join(labels[s].name for s in orphans[:5])
-        more = f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""
-        logger.warning(
-            "%s: ignoring %d label map(s) without an image: %s%s",
-            labels_dir, len(orphans), shown, more,
-        )
+    unknown_dir = data_dir / "unknown"
+    unknown: dict[str, Path] = {}
+    if unknown_dir.is_dir():
+        unknown = _by_stem(_files_with_suffixes(unknown_dir, UNKNOWN_SUFFIXES), unknown_dir, "unknown-region mask")
+        _warn_orphans(unknown_dir, unknown, images, "unknown-region mask(s)")
 
     mpp = _manifest_mpp_by_name(data_dir)
     items: list[LabelledImage] = []
@@ -140,9 +209,9 @@ def list_labelled_images(data_dir: Path, require_labels: bool = True) -> list[La
         label_path = labels.get(stem)
         if label_path is None and require_labels:
             raise InputError(
-                f"{image_path}: no label map labels/{stem}.png|.tif found"
+                f"{image_path}: no label map labels/{stem}.png|.tif|.geojson found"
             )
-        items.append(LabelledImage(stem, image_path, label_path, mpp.get(stem)))
+        items.append(LabelledImage(stem, image_path, label_path, mpp.get(stem), unknown.get(stem)))
     return items
 
 
@@ -230,14 +299,54 @@ def manifest_microns_per_pixel(data_dir: Path) -> float | None:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_pair(item: LabelledImage) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``(rgb uint8 HxWx3, labels int32 HxW)`` for ``item``.
+def geojson_label_map(path: Path, shape_hw: tuple[int, int], image_path: Path | None = None) -> np.ndarray:
+    """Rasterise a QuPath GeoJSON label file to an int32 (H, W) label map.
 
-    InputError if it has no label map or the two sizes differ.
+    Polygon i (file order; MultiPolygon parts in turn) becomes label i + 1 on the pixels whose
+    centre it contains (:func:`wsi_frgnet.contours.polygons_to_label_map`; holes are filled,
+    overlaps go to the earlier polygon, parts outside the image are clipped). Polygons that
+    cover no pixel centre leave their label unused. InputError when no polygon overlaps the
+    image ("annotation file does not match its image"); polygons entirely outside it while
+    others are inside are dropped with a warning.
+    """
+    path = Path(path)
+    polygons = read_polygons(path, "nucleus")
+    height, width = shape_hw
+    frame = shapely.box(0.0, 0.0, float(width), float(height))
+    parts = np.asarray(polygons, dtype=object)
+    inside = (shapely.intersects(parts, frame) & ~shapely.touches(parts, frame)).tolist()
+    outside = inside.count(False)
+    where = f" {image_path}" if image_path is not None else ""
+    if outside == len(polygons):
+        left, top, right, bottom = shapely.total_bounds(parts)
+        raise InputError(
+            f"{path}: annotation file does not match its image{where}: all {len(polygons)} polygon(s) "
+            f"lie outside its {width}x{height} px (they span x {left:g}..{right:g}, y {top:g}..{bottom:g})"
+        )
+    if outside:
+        logger.warning("%s: %d of %d polygon(s) lie outside the %dx%d px image%s; ignored",
+                       path, outside, len(polygons), width, height, where)
+    rings = [np.asarray(polygon.exterior.coords, dtype=np.float64) if keep else np.empty((0, 2))
+             for polygon, keep in zip(polygons, inside)]
+    labels = polygons_to_label_map(rings, (height, width))
+    if not labels.any():
+        raise InputError(
+            f"{path}: annotation file does not match its image{where}: no polygon covers a pixel centre"
+        )
+    return labels
+
+
+def load_pair(item: LabelledImage) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``(rgb uint8 HxWx3, labels int32 HxW)`` for ``item``; a GeoJSON label file is
+    rasterised to the image's size (:func:`geojson_label_map`).
+
+    InputError if it has no labels, or the two sizes differ.
     """
     if item.label_path is None:
         raise InputError(f"{item.image_path}: no label map for this image")
     rgb = read_rgb(item.image_path)
+    if is_geojson(item.label_path):
+        return rgb, geojson_label_map(item.label_path, rgb.shape[:2], item.image_path)
     labels = read_label_map(item.label_path)
     if labels.shape != rgb.shape[:2]:
         lh, lw = labels.shape
@@ -248,12 +357,69 @@ def load_pair(item: LabelledImage) -> tuple[np.ndarray, np.ndarray]:
     return rgb, labels
 
 
+def read_mask(path: Path) -> np.ndarray:
+    """A (H, W) bool mask from an image: True where any colour channel is non-zero (and, when
+    the image has alpha, the pixel is not transparent). Grey, RGB(A), palette, 1-bit, 16-bit
+    and float images are accepted."""
+    path = _check_input_file(path)
+    array = _read_tiff(path) if _is_tiff(path) else _read_pillow(path, for_rgb=True)
+    if array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4) and array.shape[0] in (1, 2, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar (C, H, W) TIFF
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4) or 0 in array.shape:
+        raise InputError(f"{path}: unsupported mask shape {tuple(array.shape)} (expected HxW, HxWx3 or HxWx4)")
+    colour, alpha = (array[..., :-1], array[..., -1]) if array.shape[-1] in (2, 4) else (array, None)
+    mask = (colour != 0).any(axis=2)
+    if alpha is not None:
+        mask &= alpha != 0
+    return mask
+
+
+def load_unknown(item: LabelledImage, image_shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+    """The (H, W) bool mask of ``item``'s regions without annotations, or None if it has none.
+
+    ``image_shape``: the image's (H, W, ...) when already read, else taken from its file.
+    InputError if the mask cannot be read or its size differs from the image's.
+    """
+    if item.unknown_path is None:
+        return None
+    mask = read_mask(item.unknown_path)
+    height, width = image_shape[:2] if image_shape is not None else _image_size(item.image_path)[::-1]
+    if mask.shape != (height, width):
+        mh, mw = mask.shape
+        raise InputError(
+            f"{item.unknown_path}: unknown-region mask is {mw}x{mh} but image {item.image_path} is {width}x{height}"
+        )
+    return mask
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image, from its header when possible."""
+    path = _check_input_file(path)
+    try:
+        if _is_tiff(path):
+            with tifffile.TiffFile(path) as tif:
+                level = tif.series[0].levels[0]
+                return int(level.shape[level.axes.index("X")]), int(level.shape[level.axes.index("Y")])
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # fall back to decoding it, which reports a readable error
+        rgb = read_rgb(path)
+        return rgb.shape[1], rgb.shape[0]
+
+
 __all__ = [
+    "GEOJSON_SUFFIXES",
     "LabelledImage",
     "find_images",
+    "geojson_label_map",
+    "is_geojson",
     "list_labelled_images",
-    "manifest_microns_per_pixel",
     "load_pair",
+    "load_unknown",
+    "manifest_microns_per_pixel",
+    "read_mask",
 ]
 
 

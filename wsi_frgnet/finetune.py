@@ -6,6 +6,7 @@ Tiles are sampled from tissue at the model's µm/px, read exactly as ``segment``
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,7 @@ def finetune(run: TrainingRun, model: LoadedModel, parent: Path, sample: TileSam
     ``run.output`` (parent hash, what was frozen and the data recorded in its provenance)."""
     if keep != "guide":
         raise InputError(f"--freeze-all-but {keep}: needs annotated inputs; without annotations only the guide head can learn")
-    network = model.network.to(memory_format=torch.contiguous_format)
+    network = copy.deepcopy(model.network).to(memory_format=torch.contiguous_format)  # the caller's model stays as it is
     modules = trainable_modules(network, keep)
     images = [LabelledArray(f"tile{i}", tile, np.zeros(tile.shape[:2], dtype=np.int32)) for i, tile in enumerate(sample.tiles)]
     # No augmentation: the point is to learn this lab's own stain and scanner.

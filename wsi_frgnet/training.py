@@ -34,7 +34,14 @@ from wsi_frgnet.inference import images_to_tensor, predict_image
 from wsi_frgnet.losses import frgnet_loss
 from wsi_frgnet.metrics import mean_scores, score_instances
 from wsi_frgnet.model import FrgNet
-from wsi_frgnet.dataset_folder import list_labelled_images, load_pair, manifest_microns_per_pixel, split_validation
+from wsi_frgnet.dataset_folder import (
+    LabelledImage,
+    list_labelled_images,
+    load_pair,
+    load_unknown,
+    manifest_microns_per_pixel,
+    split_validation,
+)
 from wsi_frgnet.training_data import LabelledArray, RandomCrops, collate
 
 logger = logging.getLogger(__name__)
@@ -244,6 +251,12 @@ def _append_log(path: Path, row: dict[str, Any]) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
+def _load_array(item: LabelledImage) -> LabelledArray:
+    """Image, labels and unknown-region mask (if any) of one data-folder item."""
+    rgb, labels = load_pair(item)
+    return LabelledArray(item.name, rgb, labels, load_unknown(item, rgb.shape))
+
+
 def train_from_folder(
     run: TrainingRun, data_dir: Path, validation: Path | None = None, validation_fraction: float | None = None
 ) -> dict[str, Any]:
@@ -259,8 +272,8 @@ def train_from_folder(
         run.microns_per_pixel = manifest_microns_per_pixel(Path(data_dir))
     if run.microns_per_pixel is None:
         logger.warning("no µm/px given (--mpp) nor in %s/manifest.json: the model will not know its resolution", data_dir)
-    train_images = [LabelledArray(item.name, *load_pair(item)) for item in training_items]
-    validation_images = [LabelledArray(item.name, *load_pair(item)) for item in validation_items]
+    train_images = [_load_array(item) for item in training_items]
+    validation_images = [_load_array(item) for item in validation_items]
     for image in train_images:
         if image.labels.max() == 0:
             logger.warning("%s: label map has no nucleus", image.name)

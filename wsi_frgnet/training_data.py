@@ -17,13 +17,22 @@ from wsi_frgnet.targets import CropTargets, build_targets
 
 @dataclass
 class LabelledArray:
-    """One training image in memory: RGB (H, W, 3) uint8 and instance labels (H, W) int32."""
+    """One training image in memory: RGB (H, W, 3) uint8 and instance labels (H, W) int32.
+
+    ``unknown``: optional (H, W) mask, True where nuclei were not annotated; training never
+    teaches those pixels as background (``build_targets(..., unknown=...)``).
+    """
 
     name: str
     rgb: np.ndarray
     labels: np.ndarray
+    unknown: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.unknown is not None:
+            self.unknown = np.asarray(self.unknown, dtype=bool)
+            if self.unknown.shape != self.labels.shape:
+                raise ValueError(f"{self.name}: unknown mask of shape {self.unknown.shape}, labels {self.labels.shape}")
         areas = np.bincount(self.labels.ravel())
         self.areas = {int(i): int(a) for i, a in enumerate(areas) if i > 0 and a > 0}
 
@@ -34,7 +43,9 @@ class RandomCrops(Dataset):
     One epoch draws about as many crop pixels as the images hold: ceil(H * W / crop²) crops
     per image. Sample ``i`` of epoch ``e`` is a pure function of (seed, e, i), so a run is
     reproducible whatever the number of loader workers. Images smaller than the crop are
-    padded with white background and no labels.
+    padded with white background and no labels. An image's ``unknown`` mask is cropped,
+    flipped and rotated with it and passed to ``build_targets``; it combines with
+    ``keep_fraction``.
     """
 
     def __init__(
@@ -70,29 +81,37 @@ class RandomCrops(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _crop(self, image: LabelledArray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _crop(
+        self, image: LabelledArray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(rgb, labels, unknown or None) of one random crop (padding: white, no labels, known)."""
         size = self.crop_size
         height, width = image.labels.shape
         pad_y, pad_x = max(0, size - height), max(0, size - width)
-        rgb, labels = image.rgb, image.labels
+        rgb, labels, unknown = image.rgb, image.labels, image.unknown
         if pad_y or pad_x:
             rgb = np.pad(rgb, ((0, pad_y), (0, pad_x), (0, 0)), constant_values=255)
             labels = np.pad(labels, ((0, pad_y), (0, pad_x)))
+            if unknown is not None:
+                unknown = np.pad(unknown, ((0, pad_y), (0, pad_x)))
         y = int(rng.integers(labels.shape[0] - size + 1))
         x = int(rng.integers(labels.shape[1] - size + 1))
-        return rgb[y : y + size, x : x + size], labels[y : y + size, x : x + size]
+        window = (slice(y, y + size), slice(x, x + size))
+        return rgb[window], labels[window], None if unknown is None else unknown[window]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, CropTargets]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         image = self.images[self.image_of_sample[index]]
-        rgb, labels = self._crop(image, rng)
+        rgb, labels, unknown = self._crop(image, rng)
         partial = self.keep_fraction < 1.0
         if partial:
             labels = np.where(np.isin(labels, self.kept_ids[self.image_of_sample[index]]), labels, 0)
         if self.augment:
-            rgb, labels = dihedral(rgb, labels, rng)
+            rgb, labels, unknown = dihedral(rgb, labels, rng, unknown)
             rgb = stain_jitter(rgb, rng)
-        targets = build_targets(rgb, labels, self.model_config, self.target_config, full_areas=image.areas, partial=partial)
+        targets = build_targets(
+            rgb, labels, self.model_config, self.target_config, full_areas=image.areas, unknown=unknown, partial=partial
+        )
         return np.ascontiguousarray(rgb), targets
 
 

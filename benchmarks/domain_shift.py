@@ -1,0 +1,96 @@
+"""Domain-shift experiment: does guide-only fine-tuning recover accuracy in another "lab"?
+
+1. Move labelled validation images to another lab: weaker haematoxylin, stronger eosin, a
+   colour cast and a slight blur (a fixed, seeded transform).
+2. Score the base model there (PQ / AJI, mean over images).
+3. Fine-tune it on the shifted images *without their labels* (--freeze-all-but guide).
+4. Score the adapted model on the shifted images, and on the original ones (no regression).
+
+    python benchmarks/domain_shift.py --model model.pt DATA_DIR --names held_out.txt [--epochs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from wsi_frgnet.augment import adjust_stains
+from wsi_frgnet.config import TrainingConfig
+from wsi_frgnet.dataset_folder import list_labelled_images, load_pair, read_name_list
+from wsi_frgnet.evaluation import evaluate_folder
+from wsi_frgnet.finetune import finetune, sample_tiles
+from wsi_frgnet.images import write_label_map, write_png
+from wsi_frgnet.inference import load_model
+from wsi_frgnet.training import TrainingRun
+
+def other_lab(rgb: np.ndarray) -> np.ndarray:
+    """The fixed "other lab" transform: H x0.65, E x1.4, a warm cast, Gaussian blur σ = 1 px."""
+    out = adjust_stains(rgb, np.array([0.65, 1.4, 1.0]), np.zeros(3))
+    out = out * np.array([1.04, 0.97, 0.92]) + np.array([6.0, 0.0, -4.0])
+    out = ndimage.gaussian_filter(out, sigma=(1.0, 1.0, 0.0))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--names", type=Path, help="only these image names of DATA_DIR (one a line)")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--tiles-per-image", type=int, default=16)
+    parser.add_argument("--tile-size", type=int, default=256)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--keep", type=Path, help="also save the adapted model here")
+    args = parser.parse_args()
+
+    items = list_labelled_images(args.data_dir)
+    if args.names:
+        names = set(read_name_list(args.names))
+        items = [item for item in items if item.name in names]
+    base = load_model(args.model)
+    mpp = base.checkpoint.microns_per_pixel
+    with tempfile.TemporaryDirectory() as folder:
+        shifted = Path(folder) / "shifted"
+        (shifted / "images").mkdir(parents=True)
+        (shifted / "labels").mkdir()
+        original = Path(folder) / "original"
+        (original / "images").mkdir(parents=True)
+        (original / "labels").mkdir()
+        for item in items:
+            rgb, labels = load_pair(item)
+            write_png(shifted / "images" / f"{item.name}.png", other_lab(rgb))
+            write_label_map(shifted / "labels" / f"{item.name}.png", labels)
+            write_png(original / "images" / f"{item.name}.png", rgb)
+            write_label_map(original / "labels" / f"{item.name}.png", labels)
+
+        rows = [("base", "original", evaluate_folder(base.segment, original, quiet=True).mean),
+                ("base", "other lab", evaluate_folder(base.segment, shifted, quiet=True).mean)]
+        started = time.monotonic()
+        sample = sample_tiles([shifted / "images"], base, args.tiles_per_image, args.tile_size, seed=0, microns_per_pixel=mpp)
+        output = args.keep or Path(folder) / "adapted.pt"
+        run = TrainingRun(
+            output=output, model_config=base.checkpoint.model_config, postprocess=base.checkpoint.postprocess,
+            training=TrainingConfig(epochs=args.epochs, batch_size=8, learning_rate=args.learning_rate, warmup_epochs=0.5,
+                                    crop_size=args.tile_size, workers=0, validate_every=args.epochs),
+            microns_per_pixel=mpp, quiet=True,
+        )
+        finetune(run, base, args.model, sample, "guide")
+        minutes = (time.monotonic() - started) / 60
+        adapted = load_model(output)
+        rows += [("adapted", "original", evaluate_folder(adapted.segment, original, quiet=True).mean),
+                 ("adapted", "other lab", evaluate_folder(adapted.segment, shifted, quiet=True).mean)]
+    print(f"{len(items)} images; fine-tuning (guide head only, {len(sample.tiles)} unlabelled tiles, {args.epochs} epochs): "
+          f"{minutes:.1f} min")
+    print("| model | images | PQ | AJI | DQ | SQ |")
+    print("|---|---|---|---|---|---|")
+    for model_name, images, mean in rows:
+        print(f"| {model_name} | {images} | {mean['pq']:.3f} | {mean['aji']:.3f} | {mean['dq']:.3f} | {mean['sq']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
