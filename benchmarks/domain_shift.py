@@ -28,6 +28,7 @@ from wsi_frgnet.images import write_label_map, write_png
 from wsi_frgnet.inference import load_model
 from wsi_frgnet.training import TrainingRun
 
+
 def other_lab(rgb: np.ndarray) -> np.ndarray:
     """The fixed "other lab" transform: H x0.65, E x1.4, a warm cast, Gaussian blur σ = 1 px."""
     out = adjust_stains(rgb, np.array([0.65, 1.4, 1.0]), np.zeros(3))
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--tiles-per-image", type=int, default=16)
     parser.add_argument("--tile-size", type=int, default=256)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--keep", type=Path, help="also save the adapted model here")
     args = parser.parse_args()
 

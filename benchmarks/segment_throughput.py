@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from wsi_frgnet.config import SegmentConfig
+
 TILE = 256
 
 
@@ -42,7 +44,7 @@ def write_slide(path: Path, tissue: np.ndarray, side: int, mpp: float) -> None:
         scale = 2**level
         margin = 512 // scale
         content = levels[level]
-        size = math.ceil(side / scale / TILE) * TILE
+        size = math.ceil(side / scale)  # exact level size: edge tiles are partly outside
         for y in range(0, size, TILE):
             for x in range(0, size, TILE):
                 if x + TILE <= margin or y + TILE <= margin or x >= margin + content.shape[1] or y >= margin + content.shape[0]:
@@ -56,7 +58,7 @@ def write_slide(path: Path, tissue: np.ndarray, side: int, mpp: float) -> None:
 
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for level in range(len(levels)):
-            size = math.ceil(side / 2**level / TILE) * TILE
+            size = math.ceil(side / 2**level)
             tif.write(
                 tiles(level), shape=(size, size, 3), dtype=np.uint8, tile=(TILE, TILE), photometric="rgb",
                 compression="jpeg", compressionargs={"level": 90}, resolutionunit="CENTIMETER",
@@ -81,7 +83,7 @@ def _model_only(args: argparse.Namespace, slide: Path, queue) -> None:
 
     from wsi_frgnet.devices import resolve_device
     from wsi_frgnet.inference import images_to_tensor, load_model
-    from wsi_frgnet.pipeline import SegmentConfig, autocast_dtype, plan_slide, read_tile
+    from wsi_frgnet.pipeline import autocast_dtype, plan_slide, read_tile
     from wsi_frgnet.slide import open_slide
 
     device = resolve_device(args.device)
@@ -111,7 +113,7 @@ def _model_only(args: argparse.Namespace, slide: Path, queue) -> None:
 def _end_to_end(args: argparse.Namespace, slide: Path, output: Path, queue) -> None:
     from wsi_frgnet.devices import resolve_device
     from wsi_frgnet.inference import load_model
-    from wsi_frgnet.pipeline import SegmentConfig, segment_slide
+    from wsi_frgnet.pipeline import segment_slide
 
     model = load_model(args.model, resolve_device(args.device))
     config = SegmentConfig(tile_size=args.tile_size, batch_size=args.batch_size, precision=args.precision)
@@ -146,8 +148,8 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--tissue", type=int, default=4096, help="tissue square side, px at the model's resolution")
     parser.add_argument("--glass-factor", type=int, default=10, help="side of the large slide / side of the small one")
-    parser.add_argument("--tile-size", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--tile-size", type=int, default=SegmentConfig.tile_size)
+    parser.add_argument("--batch-size", type=int, default=SegmentConfig.batch_size)
     parser.add_argument("--model-tiles", type=int, default=32, help="tiles for the model-only measurement")
     args = parser.parse_args()
 

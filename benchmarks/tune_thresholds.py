@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--nms", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5])
     parser.add_argument("--guide", type=float, nargs="+", default=[0.0, 0.3, 0.5])
     parser.add_argument("--write", type=Path, help="save the model with the best thresholds here")
+    parser.add_argument("--guide-filter", type=float, help="store this guide threshold instead of the best one")
+    parser.add_argument("--half", action="store_true", help="store weights as float16 (half the file; loaded as float32)")
     args = parser.parse_args()
 
     model = load_model(args.model)
@@ -64,7 +66,11 @@ def main() -> None:
               f"{pq:.4f} {aji:.4f} {dq:.4f} {sq:.4f}")
     if args.write:
         best = rows[0][4]
+        if args.guide_filter is not None:
+            best = PostprocessConfig(best.score_threshold, best.nms_threshold, args.guide_filter, best.min_area)
         checkpoint = load_checkpoint(args.model)
+        if args.half:
+            checkpoint.state_dict = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint.state_dict.items()}
         checkpoint.postprocess = best
         checkpoint.provenance = {**checkpoint.provenance, "thresholds_tuned_on": [item.name for item in items]}
         save_checkpoint(args.write, checkpoint)

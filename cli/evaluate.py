@@ -6,8 +6,13 @@ import json
 from pathlib import Path
 
 import click
-
-from wsi_frgnet.cli.common import configure_logging, device_option, handles_user_errors, quiet_option, threshold_options
+from wsi_frgnet.cli.common import (
+    configure_logging,
+    device_option,
+    handles_user_errors,
+    quiet_option,
+    threshold_options,
+)
 
 
 @click.command()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
 from wsi_frgnet.cli.common import handles_user_errors
 
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from wsi_frgnet.cli.common import configure_logging, device_option, handles_user_errors, model_option, quiet_option, threshold_options
+from wsi_frgnet.cli.common import (
+    configure_logging,
+    device_option,
+    handles_user_errors,
+    model_option,
+    quiet_option,
+    threshold_options,
+)
 
 
 @click.command()

@@ -11,7 +11,15 @@ import click
 
 logger = logging.getLogger(__name__)
 
-from wsi_frgnet.cli.common import configure_logging, device_option, handles_user_errors, quiet_option, threshold_options
+from wsi_frgnet.cli.common import (
+    configure_logging,
+    device_option,
+    handles_user_errors,
+    quiet_option,
+    threshold_options,
+)
+
+from wsi_frgnet.config import SegmentConfig
 
 _SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
 
@@ -43,13 +51,13 @@ def _output_paths(slides: tuple[Path, ...], output: Path, gzip: bool) -> tuple[l
               help="Only this rectangle: level-0 px in the output's frame (QuPath's: relative to the slide bounds unless --no-bounds-offset).")
 @click.option("--roi-geojson", type=click.Path(path_type=Path), help="Only inside these QuPath annotations (exported GeoJSON).")
 @click.option("--tissue-mask/--no-tissue-mask", default=True, show_default=True, help="Skip glass, found on a low-resolution thumbnail.")
-@click.option("--tile-size", type=int, default=512, show_default=True, help="Network tile side, px at the model's resolution.")
-@click.option("--context", "--overlap", "context", type=int, default=64, show_default=True,
+@click.option("--tile-size", type=int, default=SegmentConfig.tile_size, show_default=True, help="Network tile side, px at the model's resolution.")
+@click.option("--context", "--overlap", "context", type=int, default=SegmentConfig.context, show_default=True,
               help="Overlap on each tile side, px at the model's resolution; must exceed the largest nucleus.")
-@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--batch-size", type=int, default=SegmentConfig.batch_size, show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: bf16 on CUDA, fp32 on CPU.")
-@click.option("--threads", type=int, default=4, show_default=True, help="Slide-reading threads.")
+              help="auto: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16, else fp32.")
+@click.option("--threads", type=int, default=SegmentConfig.reader_threads, show_default=True, help="Slide-reading threads.")
 @click.option("--bounds-offset/--no-bounds-offset", default=True, show_default=True,
               help="Subtract the slide's OpenSlide bounds from coordinates, as QuPath does.")
 @click.option("--gzip", is_flag=True, help="With a folder output: write .geojson.gz files.")
@@ -74,7 +82,7 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
     from wsi_frgnet.devices import resolve_device
     from wsi_frgnet.errors import InputError
     from wsi_frgnet.inference import default_model_path, load_model
-    from wsi_frgnet.pipeline import SegmentConfig, segment_slide
+    from wsi_frgnet.pipeline import segment_slide
 
     try:
         config = SegmentConfig(tile_size=tile_size, context=context, batch_size=batch_size, tissue_mask=tissue_mask, roi=roi,

@@ -7,9 +7,14 @@ import sys
 from pathlib import Path
 
 import click
+from wsi_frgnet.cli.common import (
+    configure_logging,
+    device_option,
+    handles_user_errors,
+    quiet_option,
+)
 
 from wsi_frgnet.config import GUIDE_MODES, ModelConfig, TrainingConfig
-from wsi_frgnet.cli.common import configure_logging, device_option, handles_user_errors, quiet_option
 
 _DEFAULTS = TrainingConfig()
 

@@ -3,10 +3,9 @@ disk and a tiny model trained once per test session through the command line."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -88,7 +87,6 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, session_data_dir: 
     """A tiny model trained once via ``frgnet-wsi train`` (2 epochs, one validation image);
     its .log.jsonl and .resume.pt lie beside it. Do not modify these files in a test."""
     from click.testing import CliRunner
-
     from wsi_frgnet.cli.main import main
 
     out = tmp_path_factory.mktemp("model") / "model.pt"

@@ -16,12 +16,18 @@ import pytest
 import tifffile
 import torch
 from click.testing import CliRunner, Result
+from conftest import (
+    MICRONS_PER_PIXEL,
+    TINY_TRAIN_OPTIONS,
+    synthetic_image,
+    write_data_dir,
+    write_label_png,
+)
 from PIL import Image
+from wsi_frgnet.cli.main import main
 
-from conftest import MICRONS_PER_PIXEL, TINY_TRAIN_OPTIONS, synthetic_image, write_data_dir, write_label_png
 from wsi_frgnet import __version__
 from wsi_frgnet.checkpoint import load_checkpoint
-from wsi_frgnet.cli.main import main
 from wsi_frgnet.config import ModelConfig
 
 TINY_CROP = 64

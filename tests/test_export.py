@@ -17,7 +17,12 @@ from qupath_contract import assert_qupath_valid, validate_qupath_geojson
 from wsi_frgnet import export
 from wsi_frgnet.contours import trace_outline
 from wsi_frgnet.errors import InputError
-from wsi_frgnet.export import ExportSettings, nucleus_feature, read_geojson_features, write_geojson
+from wsi_frgnet.export import (
+    ExportSettings,
+    nucleus_feature,
+    read_geojson_features,
+    write_geojson,
+)
 from wsi_frgnet.postprocess import Nucleus
 
 SETTINGS = ExportSettings(microns_per_pixel=0.25, slide_id="slide.svs:1000x800")

@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from wsi_frgnet.config import DEFAULT_MEAN, DEFAULT_STD, LossConfig, ModelConfig, TargetConfig
+from wsi_frgnet.config import (
+    DEFAULT_MEAN,
+    DEFAULT_STD,
+    LossConfig,
+    ModelConfig,
+    TargetConfig,
+)
 from wsi_frgnet.losses import frgnet_loss, guide_contrastive_loss, score_loss
 from wsi_frgnet.model.frgnet import FrgNet
 from wsi_frgnet.targets import build_targets

@@ -9,13 +9,10 @@ import numpy as np
 import pytest
 import shapely
 
-from wsi_frgnet.errors import InputError
 from wsi_frgnet.merge import (
     OWNERSHIP_TOLERANCE,
     BorderDeduplicator,
-    check_fits,
     keep_owned,
-    nucleus_extent,
     scale,
     translate,
 )
@@ -219,8 +216,3 @@ def test_translate_scale_keep_owned():
     assert keep_owned([disc(105, 50, 5)], left) == []
 
 
-def test_check_fits_names_the_option():
-    check_fits(40, 40)
-    with pytest.raises(InputError, match="--context"):
-        check_fits(41.5, 40)
-    assert nucleus_extent(disc(0, 0, 10)) == pytest.approx(20)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -14,7 +13,6 @@ from wsi_frgnet.metrics import (
     panoptic_quality,
     score_instances,
 )
-
 
 # ---------------------------------------------------------------- fixtures
 

@@ -10,14 +10,15 @@ import pytest
 from click.testing import CliRunner
 from qupath_contract import assert_qupath_valid
 from slide_factory import write_aperio_svs, write_pyramidal_tiff, write_tiff_with_bounds
-
 from wsi_frgnet.cli.main import main
+
+from wsi_frgnet.config import SegmentConfig
 from wsi_frgnet.contours import polygons_to_label_map
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.export import read_geojson_features
 from wsi_frgnet.inference import load_model
 from wsi_frgnet.metrics import score_instances
-from wsi_frgnet.pipeline import SegmentConfig, segment_slide
+from wsi_frgnet.pipeline import segment_slide
 from wsi_frgnet.synthetic import synthetic_nuclei
 
 CMU_SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -232,6 +233,15 @@ def test_a_slide_of_glass_gives_an_empty_valid_file_and_a_warning(tmp_path, mode
     assert summary.tiles == 0 and summary.nuclei == 0
     assert "no tissue found" in caplog.text
     assert_qupath_valid(tmp_path / "glass.geojson")
+
+
+@pytest.mark.skipif(not CMU_SLIDE.is_file(), reason="shared test slide not present")
+def test_real_slide_with_the_shipped_default_model(tmp_path):
+    output = tmp_path / "cmu.geojson.gz"
+    result = CliRunner().invoke(main, ["segment", str(CMU_SLIDE), "-o", str(output), "--quiet"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert_qupath_valid(output)
+    assert len(read_geojson_features(output)) > 1000  # a densely cellular 2220 x 2967 px region
 
 
 @pytest.mark.skipif(not CMU_SLIDE.is_file(), reason="shared test slide not present")

@@ -11,7 +11,6 @@ import openslide
 import pytest
 import tifffile
 from PIL import Image
-
 from slide_factory import (
     downsample_levels,
     position_pattern,
@@ -19,8 +18,14 @@ from slide_factory import (
     write_pyramidal_tiff,
     write_tiff_with_bounds,
 )
+
 from wsi_frgnet.errors import InputError
-from wsi_frgnet.slide import ImageSlide, OpenSlideSlide, open_slide, require_microns_per_pixel
+from wsi_frgnet.slide import (
+    ImageSlide,
+    OpenSlideSlide,
+    open_slide,
+    require_microns_per_pixel,
+)
 
 HEIGHT, WIDTH = 768, 1024
 CMU_SMALL = Path(__file__).parents[2] / "shared/data/slides/CMU-1-Small-Region.svs"

@@ -9,9 +9,9 @@ import logging
 import numpy as np
 import pytest
 import shapely
+from conftest import synthetic_image
 from shapely import affinity
 
-from conftest import synthetic_image
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.tiling import plan_tiles
 from wsi_frgnet.tissue import (

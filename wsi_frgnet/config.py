@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Literal
 
 GuideMode = Literal["soft", "hard", "none"]
@@ -167,3 +168,32 @@ class TrainingConfig:
             raise ValueError("workers and seed must not be negative")
         if self.crop_size < 32 or self.crop_size % 32:
             raise ValueError("crop_size must be a positive multiple of 32")
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """How a slide is cut and run. Sizes in working px (the model's resolution)."""
+
+    tile_size: int = 512  # network input side
+    context: int = 64  # overlap on every side; nuclei larger than this are warned about
+    batch_size: int = 4
+    tissue_mask: bool = True
+    roi: tuple[int, int, int, int] | None = None  # (x, y, width, height) in level-0 px
+    roi_geojson: Path | None = None  # QuPath annotations (level-0 px) restricting the work
+    subtract_bounds: bool = True  # coordinates relative to OpenSlide's bounds (as QuPath shows them)
+    reader_threads: int = 4
+    precision: str = "auto"  # auto: bf16 on CUDA (fp16 without bf16) and on CPUs with native bf16, else fp32
+    thumbnail_size: int = 2048  # longer side (px) of the image the tissue mask is computed on
+
+    def __post_init__(self) -> None:
+        if self.tile_size % 32 or self.tile_size < 64:
+            raise ValueError(f"--tile-size {self.tile_size}: must be a multiple of 32, at least 64")
+        if not 0 <= 2 * self.context < self.tile_size:
+            raise ValueError(f"--context {self.context}: must be >= 0 and less than half of --tile-size")
+        if self.batch_size < 1 or self.reader_threads < 1:
+            raise ValueError("--batch-size and reader threads must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {PRECISIONS}")

@@ -42,6 +42,7 @@ import shapely
 import tifffile
 from PIL import Image
 
+from .annotations import read_polygons
 from .contours import polygons_to_label_map
 from .errors import InputError
 from .images import (
@@ -54,7 +55,6 @@ from .images import (
     read_label_map,
     read_rgb,
 )
-from .annotations import read_polygons
 
 logger = logging.getLogger(__name__)
 

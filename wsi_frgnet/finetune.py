@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from wsi_frgnet.checkpoint import file_sha256
-from wsi_frgnet.config import FREEZE_CHOICES, TargetConfig
+from wsi_frgnet.config import FREEZE_CHOICES, SegmentConfig, TargetConfig
 from wsi_frgnet.dataset_folder import find_images
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.inference import LoadedModel
 from wsi_frgnet.losses import BatchTargets, guide_loss
 from wsi_frgnet.model import FrgNet, NetworkOutput
-from wsi_frgnet.pipeline import SegmentConfig, plan_slide, read_tile
+from wsi_frgnet.pipeline import plan_slide, read_tile
 from wsi_frgnet.slide import open_slide
 from wsi_frgnet.training import TrainingRun, optimise
 from wsi_frgnet.training_data import LabelledArray, RandomCrops

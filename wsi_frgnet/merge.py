@@ -24,7 +24,7 @@ up to ``OWNERSHIP_TOLERANCE`` px outside the core, so nothing is lost, and
 :class:`BorderDeduplicator` removes the resulting pairs as they stream by, keeping the higher
 score, while holding only nuclei that a future tile could still duplicate.
 Nuclei larger than the tile context can be cut at tile edges and escape de-duplication:
-:func:`check_fits` / :func:`nucleus_extent` let the caller refuse or warn about them.
+the slide pipeline warns about them, naming ``--context``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from dataclasses import replace
 import numpy as np
 import shapely
 
-from wsi_frgnet.errors import InputError
 from wsi_frgnet.postprocess import Nucleus
 from wsi_frgnet.tiling import Tile
 
@@ -113,21 +112,6 @@ def _stacked_by_length(rings: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np
     ]
 
 
-def nucleus_extent(nucleus: Nucleus) -> float:
-    """Longest side of the nucleus' bounding box, in the polygon's px."""
-    return float(np.ptp(nucleus.polygon, axis=0).max())
-
-
-def check_fits(nucleus_extent_px: float, context: int) -> None:
-    """Raise InputError when a nucleus' bounding-box side (working px) exceeds the context: such
-    a nucleus can be cut at a tile edge and reported by two tiles."""
-    if nucleus_extent_px > context:
-        raise InputError(
-            f"a nucleus of {nucleus_extent_px:.0f} px (at the model's resolution) is larger than the tile "
-            f"overlap of {context} px: raise --context (and --tile-size with it)"
-        )
-
-
 class _Candidate:
     """A nucleus with its bounding box; its shapely polygon is built only when compared."""
 
@@ -173,7 +157,7 @@ class BorderDeduplicator:
     as its bounding box is ``margin`` px clear of that future region. What stays held is a band
     of ``~2 * margin`` px along the bottom of the current tile row and the right edge of the
     current tile. ``margin`` defaults to the tiles' context (the largest nucleus that fits, see
-    :func:`check_fits`) plus ``ownership_tolerance``; larger nuclei may escape de-duplication.
+    the pipeline warns) plus ``ownership_tolerance``; larger nuclei may escape de-duplication.
     """
 
     def __init__(

@@ -118,15 +118,16 @@ def decode_nuclei(
         )[-1]
     contours_np = contours.cpu().numpy().astype(np.float64)
     scores_np = scores.cpu().numpy().astype(np.float64)
-    boxes = np.concatenate([contours_np.min(axis=1), contours_np.max(axis=1)], axis=1)
+    centres_np = centres.cpu().numpy()
+    kept = box_nms(np.concatenate([contours_np.min(axis=1), contours_np.max(axis=1)], axis=1), scores_np, config.nms_threshold)
     nuclei = []
-    for i in box_nms(boxes, scores_np, config.nms_threshold):
+    for i in kept:
         ring = _valid_ring(contours_np[i], config.min_area)
         if ring is None:
             continue
         guide_value = float("nan")
         if guide_map is not None:
-            guide_value = _max_inside(guide_map, ring, centres[i].cpu().numpy())
+            guide_value = _max_inside(guide_map, ring, centres_np[i])
             if config.guide_threshold > 0 and guide_value < config.guide_threshold:
                 continue
         nuclei.append(Nucleus(polygon=ring, score=float(scores_np[i]), guide=guide_value))

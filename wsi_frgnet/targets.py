@@ -13,7 +13,11 @@ import numpy as np
 from scipy import ndimage
 
 from wsi_frgnet.config import ModelConfig, TargetConfig
-from wsi_frgnet.contours import elliptic_fourier_descriptors, resample_polygon, trace_outline
+from wsi_frgnet.contours import (
+    elliptic_fourier_descriptors,
+    resample_polygon,
+    trace_outline,
+)
 from wsi_frgnet.guide import fourier_guide, guide_target
 
 

@@ -7,9 +7,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,7 +18,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from wsi_frgnet.atomic import atomic_write
-from wsi_frgnet.checkpoint import FORMAT_NAME, FORMAT_VERSION, ModelCheckpoint, read_payload, save_checkpoint
+from wsi_frgnet.checkpoint import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    ModelCheckpoint,
+    read_payload,
+    save_checkpoint,
+)
 from wsi_frgnet.config import (
     DEFAULT_MEAN,
     DEFAULT_STD,
@@ -29,11 +35,6 @@ from wsi_frgnet.config import (
     TrainingConfig,
     config_to_dict,
 )
-from wsi_frgnet.errors import InputError
-from wsi_frgnet.inference import images_to_tensor, predict_image
-from wsi_frgnet.losses import frgnet_loss
-from wsi_frgnet.metrics import mean_scores, score_instances
-from wsi_frgnet.model import FrgNet
 from wsi_frgnet.dataset_folder import (
     LabelledImage,
     list_labelled_images,
@@ -42,6 +43,11 @@ from wsi_frgnet.dataset_folder import (
     manifest_microns_per_pixel,
     split_validation,
 )
+from wsi_frgnet.errors import InputError
+from wsi_frgnet.inference import images_to_tensor, predict_image
+from wsi_frgnet.losses import frgnet_loss
+from wsi_frgnet.metrics import mean_scores, score_instances
+from wsi_frgnet.model import FrgNet
 from wsi_frgnet.training_data import LabelledArray, RandomCrops, collate
 
 logger = logging.getLogger(__name__)

@@ -58,6 +58,8 @@ def refine_contours(
     input_height, input_width = input_size
     outputs = []
     current = contours
+    # grid_sample's backward corrupts memory on channels-last slices: sample dense copies.
+    fields = [refinement[b : b + 1].contiguous() if bool((image_index == b).any()) else None for b in range(batch)]
     for _ in range(iterations):
         moved = torch.empty_like(current)
         for b in range(batch):
@@ -65,12 +67,10 @@ def refine_contours(
             if not bool(selected.any()):
                 continue
             points = current[selected]  # (n, S, 2)
-            # grid_sample's backward corrupts memory on channels-last slices: use a dense copy.
-            field_b = refinement[b : b + 1].contiguous()
             # With align_corners=False, -1 and 1 are the outer edges of the input image.
             grid = torch.stack([points[..., 0] / input_width, points[..., 1] / input_height], dim=-1)
             sampled = F.grid_sample(
-                field_b, (grid * 2.0 - 1.0)[None].to(refinement.dtype), mode="bilinear",
+                fields[b], (grid * 2.0 - 1.0)[None].to(refinement.dtype), mode="bilinear",
                 padding_mode="border", align_corners=False,
             )[0]  # (2 * buckets, n, S)
             field = sampled.view(buckets, 2, *sampled.shape[1:])  # (buckets, 2, n, S)
