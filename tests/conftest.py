@@ -129,3 +129,16 @@ def overfitted_model(tmp_path_factory: pytest.TempPathFactory):
     run = tiny_training_run(tmp_path_factory.mktemp("overfit") / "model.pt", epochs=60)
     summary = train(run, [image], [image])
     return run, image, summary
+
+
+def raises_one_line_error(path: Path, pattern: str, func, *args, **kwargs):
+    """Assert ``func(*args, **kwargs)`` raises InputError matching ``pattern``, with a
+    one-line message naming ``path``; returns the error."""
+    from wsi_frgnet.errors import InputError
+
+    with pytest.raises(InputError, match=pattern) as info:
+        func(*args, **kwargs)
+    message = str(info.value)
+    assert str(path) in message
+    assert "\n" not in message
+    return info.value

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import raises_one_line_error as _raises
 from PIL import Image
 
 from wsi_frgnet.dataset_folder import (
@@ -18,17 +19,6 @@ from wsi_frgnet.dataset_folder import (
     load_pair,
     manifest_microns_per_pixel,
 )
-from wsi_frgnet.errors import InputError
-
-
-def _raises(path: Path, pattern: str, func, *args, **kwargs) -> InputError:
-    """Assert InputError matching ``pattern``, naming ``path``, on one line."""
-    with pytest.raises(InputError, match=pattern) as info:
-        func(*args, **kwargs)
-    message = str(info.value)
-    assert str(path) in message
-    assert "\n" not in message
-    return info.value
 
 
 def _rgb(h: int = 4, w: int = 5, value: int = 0) -> np.ndarray:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import raises_one_line_error as _raises
 from PIL import Image
 
-from wsi_frgnet.errors import InputError
 from wsi_frgnet.images import (
     IMAGE_SUFFIXES,
     read_label_map,
@@ -19,16 +19,6 @@ from wsi_frgnet.images import (
     write_label_map,
     write_png,
 )
-
-
-def _raises(path: Path, pattern: str, func, *args) -> InputError:
-    """Assert InputError matching ``pattern``, naming ``path``, on one line."""
-    with pytest.raises(InputError, match=pattern) as info:
-        func(*args)
-    message = str(info.value)
-    assert str(path) in message
-    assert "\n" not in message
-    return info.value
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import raises_one_line_error as _raises
 from PIL import Image
 from scipy import ndimage
 
@@ -21,23 +22,12 @@ from wsi_frgnet.dataset_folder import (
     load_pair,
     load_unknown,
 )
-from wsi_frgnet.errors import InputError
 from wsi_frgnet.metrics import score_instances
 from wsi_frgnet.synthetic import synthetic_nuclei
 from wsi_frgnet.training_data import LabelledArray, RandomCrops
 
 HEIGHT, WIDTH = 96, 128
 SIDE = 128  # square images for crops equal to the image
-
-
-def _raises(path: Path, pattern: str, func, *args, **kwargs) -> InputError:
-    """Assert InputError matching ``pattern``, naming ``path``, on one line."""
-    with pytest.raises(InputError, match=pattern) as info:
-        func(*args, **kwargs)
-    message = str(info.value)
-    assert str(path) in message
-    assert "\n" not in message
-    return info.value
 
 
 def _ring(mask: np.ndarray, shift: tuple[float, float] = (0.0, 0.0)) -> list[list[float]]:
