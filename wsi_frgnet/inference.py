@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from wsi_frgnet.checkpoint import ModelCheckpoint, load_checkpoint
 from wsi_frgnet.config import PostprocessConfig
@@ -66,6 +67,9 @@ def predict_image(
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         output = model(tensor)
     nuclei, guide = decode_nuclei(output, 0, model.config, postprocess, valid_size=(height, width))
+    if guide is not None:  # stride 2 → image resolution
+        full = F.interpolate(torch.from_numpy(guide)[None, None], scale_factor=2, mode="bilinear", align_corners=False)
+        guide = full[0, 0, :height, :width].numpy()
     return ImagePrediction(nuclei=nuclei, guide=guide, shape=(height, width))
 
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 import torch
-from torch.nn import functional as F
 
 from wsi_frgnet.config import ModelConfig, PostprocessConfig
 from wsi_frgnet.contours import rasterize_polygon
@@ -84,17 +83,17 @@ def decode_nuclei(
     """Nuclei of image ``index`` of a batch, highest score first, and its guide map.
 
     ``valid_size`` = (height, width) px of the real image inside a padded input: proposals
-    centred outside it are dropped. The guide map is (height, width) float32 in [0, 1] at
-    input resolution (cropped to ``valid_size``), or None when the model has no guide.
+    centred outside it are dropped. The guide map is the predicted guide at its own stride 2
+    ((height + 1) // 2, (width + 1) // 2) float32 in [0, 1] (cell (i, j) centred at input px
+    (2j + 1, 2i + 1)), or None when the model has no guide.
     """
     input_height = output.refinement.shape[-2] * 2
     input_width = output.refinement.shape[-1] * 2
     height, width = valid_size or (input_height, input_width)
     guide_map = None
     if output.guide_logits is not None:
-        guide = torch.sigmoid(output.guide_logits[index : index + 1].float())
-        guide = F.interpolate(guide, size=(input_height, input_width), mode="bilinear", align_corners=False)
-        guide_map = guide[0, 0, :height, :width].cpu().numpy()
+        guide = torch.sigmoid(output.guide_logits[index, 0].float())
+        guide_map = guide[: (height + 1) // 2, : (width + 1) // 2].cpu().numpy()
 
     stride = model_config.head_stride
     probabilities = torch.sigmoid(output.score_logits[index, 0].float())
@@ -120,14 +119,20 @@ def decode_nuclei(
     scores_np = scores.cpu().numpy().astype(np.float64)
     centres_np = centres.cpu().numpy()
     kept = box_nms(np.concatenate([contours_np.min(axis=1), contours_np.max(axis=1)], axis=1), scores_np, config.nms_threshold)
+    candidates = contours_np[kept]
+    shapes = shapely.polygons(candidates)
+    valid = shapely.is_valid(shapes) & (shapely.area(shapes) >= config.min_area)
     nuclei = []
-    for i in kept:
-        ring = _valid_ring(contours_np[i], config.min_area)
-        if ring is None:
-            continue
+    for position, i in enumerate(kept):
+        if valid[position]:
+            ring = np.vstack([candidates[position], candidates[position][:1]])
+        else:
+            ring = _valid_ring(candidates[position], config.min_area)
+            if ring is None:
+                continue
         guide_value = float("nan")
         if guide_map is not None:
-            guide_value = _max_inside(guide_map, ring, centres_np[i])
+            guide_value = _max_inside(guide_map, ring / 2.0, centres_np[i] / 2.0)
             if config.guide_threshold > 0 and guide_value < config.guide_threshold:
                 continue
         nuclei.append(Nucleus(polygon=ring, score=float(scores_np[i]), guide=guide_value))
@@ -135,8 +140,8 @@ def decode_nuclei(
 
 
 def _max_inside(values: np.ndarray, ring: np.ndarray, centre: np.ndarray) -> float:
-    """Max of ``values`` over pixels whose centre is inside ``ring``; the value at ``centre``
-    when no pixel centre is inside (tiny or off-image polygons)."""
+    """Max of ``values`` over cells whose centre is inside ``ring`` (both in the frame of
+    ``values``); the value at ``centre`` when no cell centre is inside (tiny polygons)."""
     window = rasterize_polygon(ring, values.shape)
     if window is not None:
         rows, cols, inside = window
