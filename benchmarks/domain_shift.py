@@ -78,7 +78,7 @@ def main() -> None:
             output=output, model_config=base.checkpoint.model_config, postprocess=base.checkpoint.postprocess,
             training=TrainingConfig(epochs=args.epochs, batch_size=8, learning_rate=args.learning_rate, warmup_epochs=0.5,
                                     crop_size=args.tile_size, workers=0, validate_every=args.epochs),
-            microns_per_pixel=mpp, quiet=True,
+            microns_per_pixel=mpp, mean=base.checkpoint.mean, std=base.checkpoint.std, quiet=True,
         )
         finetune(run, base, args.model, sample, "guide")
         minutes = (time.monotonic() - started) / 60

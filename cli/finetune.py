@@ -72,7 +72,7 @@ def finetune(inputs: tuple[Path, ...], model_path: Path, output: Path, keep: str
     checkpoint = model.checkpoint
     run = TrainingRun(
         output=output, model_config=checkpoint.model_config, training=training, postprocess=checkpoint.postprocess,
-        microns_per_pixel=checkpoint.microns_per_pixel, device=resolve_device(device), resume=resume, quiet=quiet,
+        microns_per_pixel=checkpoint.microns_per_pixel, mean=checkpoint.mean, std=checkpoint.std, device=resolve_device(device), resume=resume, quiet=quiet,
         provenance={"command": " ".join(["frgnet-wsi", *sys.argv[1:]])},
     )
     summary = adapt(run, model, model_path, sample, keep)

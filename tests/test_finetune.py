@@ -76,3 +76,20 @@ def test_bad_inputs(tmp_path, overfitted_model, other_lab_slide):
         result = CliRunner().invoke(main, ["finetune", *arguments, "-o", str(tmp_path / "t.pt"), *FAST])
         assert result.exit_code == 2, (arguments, result.output, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resume_from_another_parent_is_refused(tmp_path, overfitted_model, other_lab_slide):
+    import shutil
+
+    run, _, _ = overfitted_model
+    other_parent = tmp_path / "other_parent.pt"
+    shutil.copy(run.output, other_parent)
+    with other_parent.open("ab") as handle:  # same weights, another file: another hash
+        handle.write(b"\0")
+    output = tmp_path / "tuned.pt"
+    first = CliRunner().invoke(main, ["finetune", "--model", str(run.output), str(other_lab_slide), "-o", str(output), *FAST])
+    assert first.exit_code == 0, first.stderr
+    resumed = CliRunner().invoke(
+        main, ["finetune", "--model", str(other_parent), str(other_lab_slide), "-o", str(output), *FAST, "--resume", "--epochs", "3"]
+    )
+    assert resumed.exit_code == 2 and "parent_sha256" in resumed.stderr and "Traceback" not in resumed.stderr

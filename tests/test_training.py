@@ -60,8 +60,8 @@ def test_resume_continues_where_it_stopped(tmp_path, monkeypatch):
 
     original_save_state = training_module._save_state
 
-    def interrupt_after_second_epoch(run, model, optimizer, generator, epoch, step, best):
-        original_save_state(run, model, optimizer, generator, epoch, step, best)
+    def interrupt_after_second_epoch(run, model, optimizer, generator, epoch, step, best, identity):
+        original_save_state(run, model, optimizer, generator, epoch, step, best, identity)
         if epoch == 2:
             raise KeyboardInterrupt
 
@@ -80,6 +80,15 @@ def test_resume_continues_where_it_stopped(tmp_path, monkeypatch):
     b = load_checkpoint(resumed.output).state_dict
     for name in a:
         assert torch.allclose(a[name].float(), b[name].float(), atol=1e-5), name
+
+
+def test_resume_refuses_a_state_of_other_settings(tmp_path):
+    image = LabelledArray("a", *synthetic_nuclei(64, 64))
+    train(_run(tmp_path / "m.pt", epochs=1), [image], [])
+    other = _run(tmp_path / "m.pt", epochs=2, batch_size=2)
+    other.resume = True
+    with pytest.raises(InputError, match="m.resume.pt: belongs to a run with other settings \\(training\\)"):
+        train(other, [image], [])
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path):

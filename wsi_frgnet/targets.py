@@ -63,9 +63,9 @@ def build_targets(
     ``full_areas`` maps label id → area in the uncropped image, so that instances the crop cut
     to less than ``min_kept_fraction`` are ignored rather than taught. ``unknown`` (H, W) bool
     marks pixels whose annotation is missing: cells there are never taught as background.
-    ``partial``: the labels hold only some of the nuclei (METHOD.md §4): a cell is taught as
-    background only where no labelled instance lies and the hard guide is 0; cells where most
-    pixels are guide-positive without a label are ignored by the score loss.
+    ``partial``: the labels hold only some of the nuclei (METHOD.md §4): cells where at least
+    half the pixels are guide-positive (normalised guide >= the hard-guide threshold) and
+    unlabelled are ignored by the score loss instead of being taught as background.
     """
     stride = model_config.head_stride
     height, width = labels.shape

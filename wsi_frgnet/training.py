@@ -64,6 +64,8 @@ class TrainingRun:
     targets: TargetConfig = field(default_factory=TargetConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     microns_per_pixel: float | None = None
+    mean: tuple[float, float, float] = DEFAULT_MEAN  # input normalisation (fine-tuning: the parent's)
+    std: tuple[float, float, float] = DEFAULT_STD
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     provenance: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
@@ -88,25 +90,38 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int) -> floa
     return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def validate(model: FrgNet, images: list[LabelledArray], postprocess: PostprocessConfig, autocast: torch.dtype | None) -> dict[str, float]:
+def validate(run: TrainingRun, model: FrgNet, images: list[LabelledArray], autocast: torch.dtype | None) -> dict[str, float]:
     """Mean PQ / DQ / SQ / AJI over whole-image predictions."""
     model.eval()
     scores = [
-        score_instances(image.labels, predict_image(model, image.rgb, postprocess, DEFAULT_MEAN, DEFAULT_STD, autocast).label_map())
+        score_instances(image.labels, predict_image(model, image.rgb, run.postprocess, run.mean, run.std, autocast).label_map())
         for image in images
     ]
     return mean_scores(scores)
 
 
+def _run_identity(run: TrainingRun, trainable: list[str]) -> dict[str, Any]:
+    """What must not change between a run and its resumption (epochs may grow)."""
+    training = config_to_dict(run.training)
+    training.pop("epochs")
+    return {
+        "model_config": config_to_dict(run.model_config),
+        "training": training,
+        "trainable": trainable,
+        "parent_sha256": run.provenance.get("parent_sha256"),
+        "normalisation": [list(run.mean), list(run.std)],
+    }
+
+
 def _save_state(
-    run: TrainingRun, model: FrgNet, optimizer: torch.optim.Optimizer, generator: torch.Generator, epoch: int, step: int, best: float
+    run: TrainingRun, model: FrgNet, optimizer: torch.optim.Optimizer, generator: torch.Generator, epoch: int, step: int, best: float,
+    identity: dict[str, Any],
 ) -> None:
     payload = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "kind": "training-state",
-        "model_config": config_to_dict(run.model_config),
-        "training": config_to_dict(run.training),
+        "identity": identity,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(),
@@ -125,8 +140,8 @@ def _checkpoint(run: TrainingRun, model: FrgNet, extra: dict[str, Any]) -> Model
         state_dict=model.state_dict(),
         microns_per_pixel=run.microns_per_pixel,
         postprocess=run.postprocess,
-        mean=DEFAULT_MEAN,
-        std=DEFAULT_STD,
+        mean=run.mean,
+        std=run.std,
         provenance={**run.provenance, **extra},
     )
 
@@ -174,19 +189,26 @@ def optimise(
     warmup_steps = max(1, int(config.warmup_epochs * steps_per_epoch))
     start_epoch, step, best_pq = 0, 0, -1.0
     generator = torch.Generator().manual_seed(config.seed)  # proposal and contrastive sampling
+    identity = _run_identity(run, [name for name, p in model.named_parameters() if p.requires_grad])
     if run.resume:
         state = read_payload(run.state_path, "training-state")
-        if state["model_config"] != config_to_dict(run.model_config):
-            raise InputError(f"{run.state_path}: was trained with another model configuration; cannot resume")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        if state.get("identity") != identity:
+            changed = sorted(k for k in identity if state.get("identity", {}).get(k) != identity[k])
+            raise InputError(f"{run.state_path}: belongs to a run with other settings ({', '.join(changed)}); cannot resume")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise InputError(f"{run.state_path}: damaged training state ({type(exc).__name__})") from exc
         start_epoch, step, best_pq = state["epochs_done"], state["step"], state["best_pq"]
+        _trim_log(run.log_path, start_epoch)
         logger.info("resuming after epoch %d of %d", start_epoch, config.epochs)
     use_autocast = run.device.type == "cuda" and config.mixed_precision
     autocast_dtype = torch.bfloat16 if use_autocast else None
-    if not run.resume:
-        run.log_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
+    if not run.resume:  # a fresh run starts a fresh log and forgets any older state
+        run.log_path.unlink(missing_ok=True)
+        run.state_path.unlink(missing_ok=True)
     input_size = (config.crop_size, config.crop_size)
     started = time.monotonic()
     last_scores: dict[str, float] = {}
@@ -211,7 +233,7 @@ def optimise(
         for images, targets in bar:
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate * learning_rate_factor(step, warmup_steps, total_steps)
-            inputs = images_to_tensor(images, DEFAULT_MEAN, DEFAULT_STD, run.device)
+            inputs = images_to_tensor(images, run.mean, run.std, run.device)
             with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=use_autocast):
                 output = model(inputs)
             parts = loss_function(model, output, targets.to(run.device), run.losses, input_size, generator)
@@ -231,7 +253,7 @@ def optimise(
         }
         is_last = epoch + 1 == config.epochs
         if validation_images and ((epoch + 1) % config.validate_every == 0 or is_last):
-            last_scores = validate(model, validation_images, run.postprocess, autocast_dtype)
+            last_scores = validate(run, model, validation_images, autocast_dtype)
             row.update({f"val_{k}": v for k, v in last_scores.items() if k in ("pq", "dq", "sq", "aji")})
             if last_scores["pq"] > best_pq:
                 best_pq = last_scores["pq"]
@@ -243,13 +265,24 @@ def optimise(
         logger.info("epoch %d/%d: %s", epoch + 1, config.epochs, _format_row(row))
         if not run.quiet:
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {_format_row(row)}")
-        _save_state(run, model, optimizer, generator, epoch + 1, step, best_pq)
+        _save_state(run, model, optimizer, generator, epoch + 1, step, best_pq, identity)
     return {"best_pq": best_pq, "seconds": time.monotonic() - started, "last_validation": last_scores}
 
 
 def _format_row(row: dict[str, Any]) -> str:
     keys = ["loss_total", "loss_score", "loss_contour", "loss_guide", "loss_contrastive", "val_pq", "val_aji", "seconds"]
     return " ".join(f"{k}={row[k]:.4g}" for k in keys if k in row)
+
+
+def _trim_log(path: Path, epochs_done: int) -> None:
+    """Keep only the log rows of the epochs a resumed state holds (a run killed after logging
+    an epoch but before saving its state would otherwise log that epoch twice)."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line).get("epoch", 0) <= epochs_done]
+    text = "".join(line + "\n" for line in kept).encode()
+    atomic_write(path, lambda handle: handle.write(text))
 
 
 def _append_log(path: Path, row: dict[str, Any]) -> None:
