@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -61,3 +62,14 @@ def threshold_options(command: Callable[..., Any]) -> Callable[..., Any]:
 model_option = click.option(
     "--model", "-m", "model_path", type=click.Path(path_type=Path), required=True, help="Model file (.pt) written by frgnet-wsi train."
 )
+
+
+def _positive_mpp(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise click.BadParameter(f"must be a positive number, not {value}")
+    return value
+
+
+def mpp_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--mpp (µm/px), refused unless a positive finite number."""
+    return click.option("--mpp", type=float, callback=_positive_mpp, help=help_text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -11,6 +10,8 @@ from wsi_frgnet.cli.common import (
     configure_logging,
     device_option,
     handles_user_errors,
+    model_option,
+    mpp_option,
     quiet_option,
 )
 
@@ -19,7 +20,7 @@ from wsi_frgnet.config import FREEZE_CHOICES
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "-m", "model_path", type=click.Path(path_type=Path), required=True, help="The model to adapt (.pt).")
+@model_option
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Adapted model file to write.")
 @click.option("--freeze-all-but", "keep", default="guide", show_default=True,
               help="What stays trainable: guide (the Fourier guide head: the unlabelled setting), heads, decoder, none "
@@ -30,7 +31,7 @@ from wsi_frgnet.config import FREEZE_CHOICES
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-4, show_default=True,
               help="AdamW peak rate. 1e-3 degraded the guide in our domain-shift experiment (docs/RESULTS.md).")
-@click.option("--mpp", type=float, help="µm/px of the inputs, overriding (or replacing missing) metadata.")
+@mpp_option("µm/px of the inputs, overriding (or replacing missing) metadata.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run whose state lies beside --output.")
@@ -50,8 +51,6 @@ def finetune(inputs: tuple[Path, ...], model_path: Path, output: Path, keep: str
     configure_logging(quiet)
     if keep not in FREEZE_CHOICES:
         raise click.BadParameter(f"{keep!r}: choose one of {', '.join(FREEZE_CHOICES)}", param_hint="--freeze-all-but")
-    if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
-        raise click.BadParameter(f"--mpp must be a positive number, not {mpp}")
     from wsi_frgnet.config import TrainingConfig
     from wsi_frgnet.devices import resolve_device
     from wsi_frgnet.errors import InputError

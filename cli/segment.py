@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from wsi_frgnet.cli.common import (
     configure_logging,
     device_option,
     handles_user_errors,
+    mpp_option,
     quiet_option,
     threshold_options,
 )
@@ -46,7 +46,7 @@ def _output_paths(slides: tuple[Path, ...], output: Path, gzip: bool) -> tuple[l
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="GeoJSON file (.geojson, .json, or .gz of either) for one slide, or a folder for several.")
 @click.option("--model", "-m", "model_path", type=click.Path(path_type=Path), help="Model file [default: the model shipped with frgnet-wsi].")
-@click.option("--mpp", type=float, help="µm/px of the slides, overriding (or replacing missing) metadata.")
+@mpp_option("µm/px of the slides, overriding (or replacing missing) metadata.")
 @click.option("--roi", nargs=4, type=int, metavar="X Y W H",
               help="Only this rectangle: level-0 px in the output's frame (QuPath's: relative to the slide bounds unless --no-bounds-offset).")
 @click.option("--roi-geojson", type=click.Path(path_type=Path), help="Only inside these QuPath annotations (exported GeoJSON).")
@@ -77,8 +77,6 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
     the end and the exit status is non-zero.
     """
     configure_logging(quiet)
-    if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
-        raise click.BadParameter(f"--mpp must be a positive number, not {mpp}")
     from wsi_frgnet.devices import resolve_device
     from wsi_frgnet.errors import InputError
     from wsi_frgnet.inference import default_model_path, load_model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from wsi_frgnet.cli.common import (
     configure_logging,
     device_option,
     handles_user_errors,
+    mpp_option,
     quiet_option,
 )
 
@@ -29,7 +29,7 @@ _DEFAULTS = TrainingConfig()
 @click.option("--learning-rate", type=float, default=_DEFAULTS.learning_rate, show_default=True, help="AdamW peak learning rate.")
 @click.option("--warmup-epochs", type=float, default=_DEFAULTS.warmup_epochs, show_default=True, help="Linear warm-up, then cosine decay.")
 @click.option("--crop-size", type=int, default=_DEFAULTS.crop_size, show_default=True, help="Training crop side, px (multiple of 32).")
-@click.option("--mpp", type=float, help="µm/px of the data (default: from DATA_DIR/manifest.json); stored in the model.")
+@mpp_option("µm/px of the data (default: from DATA_DIR/manifest.json); stored in the model.")
 @click.option("--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed, show_default=True)
 @click.option("--validate-every", type=int, default=_DEFAULTS.validate_every, show_default=True, help="Epochs between validation passes.")
 @click.option("--workers", type=click.IntRange(min=0), default=_DEFAULTS.workers, show_default=True, help="Data-loading processes (0: in the main process).")
@@ -69,8 +69,6 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
-        raise click.BadParameter(f"--mpp must be a positive number, not {mpp}")
     run = TrainingRun(
         output=output, model_config=model_config, training=training, microns_per_pixel=mpp,
         device=resolve_device(device), resume=resume, quiet=quiet,

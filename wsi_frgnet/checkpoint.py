@@ -62,12 +62,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_payload(path: Path, kind: str, contents: dict[str, Any]) -> None:
+    """Write a file of ours of the given kind atomically (the twin of ``read_payload``)."""
+    payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": kind, **contents}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write(Path(path), lambda handle: handle.write(buffer.getbuffer()))
+
+
 def save_checkpoint(path: Path, checkpoint: ModelCheckpoint) -> None:
     """Write ``checkpoint`` to ``path`` atomically."""
-    payload = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "kind": "model",
+    contents = {
         "model_config": config_to_dict(checkpoint.model_config),
         "postprocess": config_to_dict(checkpoint.postprocess),
         "microns_per_pixel": checkpoint.microns_per_pixel,
@@ -75,9 +80,7 @@ def save_checkpoint(path: Path, checkpoint: ModelCheckpoint) -> None:
         "provenance": checkpoint.provenance,
         "state_dict": {k: v.detach().cpu() for k, v in checkpoint.state_dict.items()},
     }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write(Path(path), lambda handle: handle.write(buffer.getbuffer()))
+    write_payload(path, "model", contents)
 
 
 def read_payload(path: Path, kind: str) -> dict[str, Any]:

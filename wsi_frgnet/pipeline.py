@@ -72,7 +72,6 @@ class SlidePlan:
     level: int  # pyramid level read
     tiles: list[Tile]
     roi_polygons: list = field(default_factory=list)  # shapely polygons in working px
-    working_mpp: float = 0.0
     area_mm2: float = 0.0  # tissue (or region) area the tiles cover
 
 
@@ -144,7 +143,7 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> Slide
         area_mm2 = min(area_mm2, float(mask.sum()) * (thumbnail_downsample * slide_mpp / 1000.0) ** 2)
     if not tiles:
         logger.warning("%s: no tissue found in the region; nothing to segment (--no-tissue-mask processes everything)", slide.path)
-    return SlidePlan(slide, factor, level, tiles, roi_polygons, model_mpp, area_mm2)
+    return SlidePlan(slide, factor, level, tiles, roi_polygons, area_mm2)
 
 
 def read_tile(plan: SlidePlan, tile: Tile) -> np.ndarray:

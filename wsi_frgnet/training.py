@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -19,11 +18,10 @@ from tqdm.auto import tqdm
 
 from wsi_frgnet.atomic import atomic_write
 from wsi_frgnet.checkpoint import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
     ModelCheckpoint,
     read_payload,
     save_checkpoint,
+    write_payload,
 )
 from wsi_frgnet.config import (
     DEFAULT_MEAN,
@@ -117,10 +115,7 @@ def _save_state(
     run: TrainingRun, model: FrgNet, optimizer: torch.optim.Optimizer, generator: torch.Generator, epoch: int, step: int, best: float,
     identity: dict[str, Any],
 ) -> None:
-    payload = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "kind": "training-state",
+    contents = {
         "identity": identity,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -129,9 +124,7 @@ def _save_state(
         "step": step,
         "best_pq": best,
     }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write(run.state_path, lambda handle: handle.write(buffer.getbuffer()))
+    write_payload(run.state_path, "training-state", contents)
 
 
 def _checkpoint(run: TrainingRun, model: FrgNet, extra: dict[str, Any]) -> ModelCheckpoint:
