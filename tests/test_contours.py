@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import shapely
 import torch
 
 from wsi_frgnet.contours import (
+    centroids,
     elliptic_fourier_descriptors,
     fourier_basis,
+    polygon_maxima,
     polygons_to_label_map,
     rasterize_polygon,
     resample_polygon,
@@ -322,6 +325,43 @@ def test_rasterize_polygon_clips_at_image_border():
 )
 def test_rasterize_polygon_returns_none_without_covered_centres(polygon):
     assert rasterize_polygon(polygon, (8, 8)) is None
+
+
+def _star(rng, centre, radius, points):
+    """A closed random star-shaped ring (points + 1, 2) around ``centre``."""
+    angles = np.sort(rng.uniform(0, 2 * np.pi, points))
+    radii = radius * rng.uniform(0.3, 1.0, points)
+    ring = np.stack([centre[0] + radii * np.cos(angles), centre[1] + radii * np.sin(angles)], axis=1)
+    return np.vstack([ring, ring[:1]])
+
+
+def test_polygon_maxima_matches_rasterized_maximum():
+    rng = np.random.default_rng(3)
+    values = rng.uniform(0, 1, (40, 50))
+    rings, fallback = [], []
+    for _ in range(300):
+        centre = rng.uniform(-8, 58, 2)
+        rings.append(_star(rng, centre, rng.choice([0.4, 3.0, 12.0]), int(rng.choice([5, 16, 33]))))
+        fallback.append(centre)
+    fallback = np.asarray(fallback)
+    maxima = polygon_maxima(values, rings, fallback, chunk=37)  # several chunks per ring length
+    for ring, point, maximum in zip(rings, fallback, maxima):
+        window = rasterize_polygon(ring, values.shape)
+        if window is None:  # no pixel centre inside: the value at the clamped fallback point
+            expected = values[int(np.clip(point[1], 0, 39)), int(np.clip(point[0], 0, 49))]
+        else:
+            rows, cols, inside = window
+            expected = values[rows, cols][inside].max()
+        assert maximum == expected
+    assert polygon_maxima(values, [], np.zeros((0, 2))).shape == (0,)
+
+
+def test_centroids_match_shapely_for_rings_of_any_length():
+    rng = np.random.default_rng(5)
+    rings = [_star(rng, rng.uniform(0, 100, 2), 10.0, int(n)) for n in rng.integers(3, 40, 50)]
+    rings.append(np.array([[1.0, 1.0], [3.0, 3.0], [5.0, 5.0], [1.0, 1.0]]))  # degenerate: vertex mean
+    expected = [(p.x, p.y) for p in (shapely.Polygon(r).centroid for r in rings[:-1])] + [(3.0, 3.0)]
+    np.testing.assert_allclose(centroids(rings), expected, atol=1e-9)
 
 
 def test_polygons_to_label_map_earlier_polygons_win_overlaps():

@@ -18,7 +18,7 @@ from wsi_frgnet.errors import InputError
 from wsi_frgnet.export import read_geojson_features
 from wsi_frgnet.inference import load_model
 from wsi_frgnet.metrics import score_instances
-from wsi_frgnet.pipeline import segment_slide
+from wsi_frgnet.pipeline import segment_slide, tissue_thumbnail_size
 from wsi_frgnet.synthetic import synthetic_nuclei
 
 CMU_SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -250,3 +250,13 @@ def test_real_aperio_slide_end_to_end(tmp_path, model):
     summary = segment_slide(CMU_SLIDE, model, SegmentConfig(tile_size=256, context=32, batch_size=8), output, quiet=True)
     assert_qupath_valid(output)
     assert summary.tiles > 0 and summary.tissue_area_mm2 > 0
+
+
+def test_tissue_thumbnail_is_taken_at_about_four_microns_per_pixel_within_bounds():
+    config = SegmentConfig()
+    assert tissue_thumbnail_size((5120, 4000), 0.25, config) == 320  # 1.28 mm at 4 µm/px
+    assert tissue_thumbnail_size((500, 400), 0.25, config) == 256  # never below 256 px
+    assert tissue_thumbnail_size((100_000, 80_000), 0.25, config) == 2048  # capped for large slides
+    assert tissue_thumbnail_size((100_000, 80_000), 0.25, SegmentConfig(thumbnail_size=1024)) == 1024
+    with pytest.raises(ValueError):
+        SegmentConfig(tissue_microns_per_pixel=0.0)

@@ -11,7 +11,7 @@ import torch
 
 from wsi_frgnet.config import ModelConfig, PostprocessConfig
 from wsi_frgnet.model.frgnet import NetworkOutput
-from wsi_frgnet.postprocess import Nucleus, box_nms, decode_nuclei
+from wsi_frgnet.postprocess import Nucleus, bounding_boxes, box_nms, decode_nuclei
 
 CONFIG = ModelConfig.tiny()  # K = 6, B = 4, S = 32, 2 refinement iterations
 SIZE = 64
@@ -47,6 +47,40 @@ def test_box_nms_threshold_is_strict_and_suppression_is_greedy():
     assert box_nms(boxes, scores, 1.0 / 3.0).tolist() == [0, 1]  # IoU == threshold: kept
     # Greedy: 1 is suppressed by 0, so 2 (suppressed only by 1) survives.
     assert box_nms(boxes, scores, 0.3).tolist() == [0, 2]
+
+
+def _greedy_nms(boxes, scores, threshold):
+    """Reference: compare every kept box with every lower-scoring one."""
+    order = np.argsort(-scores, kind="stable")
+    keep, suppressed = [], np.zeros(len(boxes), bool)
+    for a, i in enumerate(order):
+        if suppressed[a]:
+            continue
+        keep.append(i)
+        for b in range(a + 1, len(order)):
+            j = order[b]
+            w = max(0.0, min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]))
+            h = max(0.0, min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]))
+            union = (boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1]) + (boxes[j, 2] - boxes[j, 0]) * (boxes[j, 3] - boxes[j, 1]) - w * h
+            suppressed[b] |= w * h / max(union, 1e-9) > threshold
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_box_nms_equals_exhaustive_greedy_suppression(seed):
+    rng = np.random.default_rng(seed)
+    count = int(rng.integers(2, 150))
+    corners = rng.uniform(-50, 400, (count, 2))
+    sizes = rng.uniform(0, [4.0, 30.0, 250.0][seed % 3], (count, 2))  # small, nucleus-like, and huge boxes
+    boxes = np.concatenate([corners, corners + sizes], axis=1)
+    scores = np.round(rng.uniform(0, 1, count), 1)  # ties: the earlier box ranks first
+    for threshold in (0.0, 0.2, 0.7):
+        assert box_nms(boxes, scores, threshold).tolist() == _greedy_nms(boxes, scores, threshold)
+
+
+def test_bounding_boxes():
+    contours = np.array([[[1.0, 5.0], [3.0, -2.0], [0.5, 4.0]], [[7.0, 7.0], [8.0, 9.0], [6.0, 8.0]]])
+    np.testing.assert_array_equal(bounding_boxes(contours), [[0.5, -2.0, 3.0, 5.0], [6.0, 7.0, 8.0, 9.0]])
 
 
 def test_box_nms_empty():
@@ -159,6 +193,27 @@ def test_valid_size_drops_proposals_centred_outside():
     # (height, width) order: swapping the numbers keeps the proposal.
     nuclei, _ = decode_nuclei(output, 0, CONFIG, PostprocessConfig(), valid_size=(36, 64))
     assert len(nuclei) == 1
+
+
+def test_region_keeps_only_nuclei_centred_in_it():
+    output = _output(cells=((ROW, COL), (3, 3)))  # circles centred at (38, 30) and (14, 14) px
+    everything, _ = decode_nuclei(output, 0, CONFIG, PostprocessConfig())
+    assert len(everything) == 2
+    (kept,), _ = decode_nuclei(output, 0, CONFIG, PostprocessConfig(), region=(20.0, 20.0, 64.0, 64.0))
+    np.testing.assert_array_equal(kept.polygon, everything[0].polygon)
+    (kept,), _ = decode_nuclei(output, 0, CONFIG, PostprocessConfig(), region=(0.0, 0.0, 20.0, 20.0))
+    np.testing.assert_array_equal(kept.polygon, everything[1].polygon)
+    # Half-open: a centroid on the right or bottom edge is outside.
+    assert decode_nuclei(output, 0, CONFIG, PostprocessConfig(), region=(0.0, 0.0, 14.0, 64.0))[0] == []
+
+
+def test_region_does_not_change_suppression():
+    # The best proposal lies outside the region and still suppresses its overlapping rival inside.
+    output = _output(cells=((ROW, COL), (ROW, COL + 1)))
+    output.fourier[0, 0, 0, ROW, COL + 1] = RADIUS * 1.4  # a wider outline, centred at (42, 30)
+    nuclei, _ = decode_nuclei(output, 0, CONFIG, PostprocessConfig())
+    assert len(nuclei) == 1 and nuclei[0].centroid[0] < 40
+    assert decode_nuclei(output, 0, CONFIG, PostprocessConfig(), region=(40.0, 0.0, 64.0, 64.0))[0] == []
 
 
 def test_score_threshold_and_min_area():

@@ -186,13 +186,18 @@ class SegmentConfig:
     subtract_bounds: bool = True  # coordinates relative to OpenSlide's bounds (as QuPath shows them)
     reader_threads: int = 4
     precision: str = "auto"  # auto: bf16 on CUDA (fp16 without bf16) and on CPUs with native bf16, else fp32
-    thumbnail_size: int = 2048  # longer side (px) of the image the tissue mask is computed on
+    # The tissue mask is computed on a thumbnail at about this resolution (µm/px), with its longer
+    # side between 256 and thumbnail_size px (coarser for slides longer than 8 mm).
+    tissue_microns_per_pixel: float = 4.0
+    thumbnail_size: int = 2048
 
     def __post_init__(self) -> None:
         if self.tile_size % 32 or self.tile_size < 64:
             raise ValueError(f"--tile-size {self.tile_size}: must be a multiple of 32, at least 64")
         if not 0 <= 2 * self.context < self.tile_size:
             raise ValueError(f"--context {self.context}: must be >= 0 and less than half of --tile-size")
+        if not self.tissue_microns_per_pixel > 0 or self.thumbnail_size < 1:
+            raise ValueError("the tissue-mask resolution and thumbnail size must be positive")
         if self.batch_size < 1 or self.reader_threads < 1:
             raise ValueError("--batch-size and reader threads must be at least 1")
         if self.precision not in PRECISIONS:

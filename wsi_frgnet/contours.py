@@ -10,6 +10,8 @@ lying half a pixel inside like contours through boundary-pixel centres.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage
 
@@ -157,6 +159,92 @@ def rasterize_polygon(polygon: np.ndarray, shape: tuple[int, int]) -> tuple[slic
     if not inside.any():
         return None
     return slice(y0, y1), slice(x0, x1), inside
+
+
+def polygon_maxima(values: np.ndarray, rings: Sequence[np.ndarray], fallback: np.ndarray, chunk: int = 128) -> np.ndarray:
+    """(n,) max of ``values`` (H, W) over the pixels whose centre lies inside each closed ring
+    (even-odd rule, the pixels :func:`rasterize_polygon` selects), vectorised over rings.
+
+    rings: closed (m, 2) (x, y) rings in the frame of ``values``. A ring that holds no pixel
+    centre (tiny, or outside the image) gets the value at its ``fallback`` point (n, 2) (x, y),
+    clamped to the image.
+    """
+    height, width = values.shape
+    out = np.empty(len(rings), dtype=np.float64)
+    fallback = np.asarray(fallback, dtype=np.float64)
+    columns = np.clip(fallback[:, 0].astype(np.int64), 0, width - 1) if len(rings) else np.empty(0, np.int64)
+    rows = np.clip(fallback[:, 1].astype(np.int64), 0, height - 1) if len(rings) else np.empty(0, np.int64)
+    for indices, stacked in stacked_by_length(rings):
+        for start in range(0, len(indices), chunk):
+            part = indices[start : start + chunk]
+            maxima = _ring_maxima(values, stacked[start : start + chunk])
+            missing = np.isnan(maxima)
+            maxima[missing] = values[rows[part[missing]], columns[part[missing]]]
+            out[part] = maxima
+    return out
+
+
+def _ring_maxima(values: np.ndarray, rings: np.ndarray) -> np.ndarray:
+    """(k,) max of ``values`` inside each of the closed rings (k, m, 2); NaN where none."""
+    height, width = values.shape
+    count = len(rings)
+    x0 = np.clip(np.floor(rings[..., 0].min(axis=1)).astype(np.int64), 0, width)
+    x1 = np.clip(np.ceil(rings[..., 0].max(axis=1)).astype(np.int64), 0, width)
+    y0 = np.clip(np.floor(rings[..., 1].min(axis=1)).astype(np.int64), 0, height)
+    y1 = np.clip(np.ceil(rings[..., 1].max(axis=1)).astype(np.int64), 0, height)
+    window_height, window_width = max(int((y1 - y0).max()), 1), max(int((x1 - x0).max()), 1)
+    start, end = rings[:, :-1], rings[:, 1:]  # edges (k, e, 2)
+    centres_y = (y0[:, None] + np.arange(window_height) + 0.5)[:, :, None]  # (k, R, 1)
+    ya, yb = start[:, None, :, 1], end[:, None, :, 1]
+    crosses = (ya <= centres_y) != (yb <= centres_y)  # (k, R, e)
+    with np.errstate(divide="ignore", invalid="ignore"):  # horizontal edges: masked by `crosses`
+        crossing_x = start[:, None, :, 0] + (centres_y - ya) / (yb - ya) * (end[:, None, :, 0] - start[:, None, :, 0])
+    # A pixel centre is inside when an odd number of crossings lie strictly left of it: each
+    # crossing toggles every column from the first centre right of it on.
+    which, row, _ = np.nonzero(crosses)
+    first = np.floor(crossing_x[crosses] - 0.5).astype(np.int64) + 1 - x0[which]
+    first = np.clip(first, 0, window_width)
+    toggles = np.bincount((which * window_height + row) * (window_width + 1) + first, minlength=count * window_height * (window_width + 1))
+    inside = (np.cumsum(toggles.reshape(count, window_height, window_width + 1)[..., :-1], axis=2) % 2).astype(bool)
+    inside &= (np.arange(window_height)[None, :, None] < (y1 - y0)[:, None, None]) & (np.arange(window_width)[None, None, :] < (x1 - x0)[:, None, None])
+    pixel_rows = np.minimum(y0[:, None] + np.arange(window_height), height - 1)
+    pixel_columns = np.minimum(x0[:, None] + np.arange(window_width), width - 1)
+    window = values[pixel_rows[:, :, None], pixel_columns[:, None, :]].astype(np.float64)
+    maxima = np.where(inside, window, -np.inf).max(axis=(1, 2))
+    maxima[~inside.any(axis=(1, 2))] = np.nan
+    return maxima
+
+
+def centroids(rings: Sequence[np.ndarray]) -> np.ndarray:
+    """(n, 2) area centroids of closed rings (each (m, 2), last point == first), as
+    ``Nucleus.centroid`` (shapely) computes them but vectorised over rings of equal length;
+    the mean of the vertices for a degenerate (zero-area) ring."""
+    out = np.empty((len(rings), 2), dtype=np.float64)
+    for indices, stacked in stacked_by_length(rings):
+        origin = stacked[:, :1, :]  # relative to the first vertex, for precision (as GEOS does)
+        relative = stacked - origin
+        x, y = relative[:, :-1, 0], relative[:, :-1, 1]
+        x_next, y_next = relative[:, 1:, 0], relative[:, 1:, 1]
+        cross = x * y_next - x_next * y
+        twice_area = cross.sum(axis=1)
+        degenerate = np.abs(twice_area) < 1e-12
+        safe = np.where(degenerate, 1.0, 3 * twice_area)
+        centre = np.stack([((x + x_next) * cross).sum(axis=1) / safe, ((y + y_next) * cross).sum(axis=1) / safe], axis=1)
+        means = relative[:, :-1, :].mean(axis=1) if relative.shape[1] > 1 else relative[:, 0, :]
+        centre[degenerate] = means[degenerate]
+        out[indices] = centre + origin[:, 0, :]
+    return out
+
+
+def stacked_by_length(rings: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Rings grouped by vertex count: (indices, stacked (k, m, 2) float64) per group."""
+    groups: dict[int, list[int]] = {}
+    for index, ring in enumerate(rings):
+        groups.setdefault(len(ring), []).append(index)
+    return [
+        (np.asarray(indices), np.stack([np.asarray(rings[i], dtype=np.float64) for i in indices]))
+        for indices in groups.values()
+    ]
 
 
 def polygons_to_label_map(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:

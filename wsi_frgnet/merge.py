@@ -37,6 +37,7 @@ from dataclasses import replace
 import numpy as np
 import shapely
 
+from wsi_frgnet.contours import centroids, stacked_by_length
 from wsi_frgnet.postprocess import Nucleus
 from wsi_frgnet.tiling import Tile
 
@@ -78,38 +79,6 @@ def keep_owned(nuclei: Iterable[Nucleus], tile: Tile, tolerance: float = OWNERSH
         & (centres[:, 1] < y + height + tolerance)
     )
     return [nucleus for nucleus, keep in zip(nuclei, inside) if keep]
-
-
-def centroids(rings: Sequence[np.ndarray]) -> np.ndarray:
-    """(n, 2) area centroids of closed rings (each (m, 2), last point == first), as
-    ``Nucleus.centroid`` (shapely) computes them but vectorised over rings of equal length;
-    the mean of the vertices for a degenerate (zero-area) ring."""
-    out = np.empty((len(rings), 2), dtype=np.float64)
-    for indices, stacked in _stacked_by_length(rings):
-        origin = stacked[:, :1, :]  # relative to the first vertex, for precision (as GEOS does)
-        relative = stacked - origin
-        x, y = relative[:, :-1, 0], relative[:, :-1, 1]
-        x_next, y_next = relative[:, 1:, 0], relative[:, 1:, 1]
-        cross = x * y_next - x_next * y
-        twice_area = cross.sum(axis=1)
-        degenerate = np.abs(twice_area) < 1e-12
-        safe = np.where(degenerate, 1.0, 3 * twice_area)
-        centre = np.stack([((x + x_next) * cross).sum(axis=1) / safe, ((y + y_next) * cross).sum(axis=1) / safe], axis=1)
-        means = relative[:, :-1, :].mean(axis=1) if relative.shape[1] > 1 else relative[:, 0, :]
-        centre[degenerate] = means[degenerate]
-        out[indices] = centre + origin[:, 0, :]
-    return out
-
-
-def _stacked_by_length(rings: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Rings grouped by vertex count: (indices, stacked (k, m, 2) float64) per group."""
-    groups: dict[int, list[int]] = {}
-    for index, ring in enumerate(rings):
-        groups.setdefault(len(ring), []).append(index)
-    return [
-        (np.asarray(indices), np.stack([np.asarray(rings[i], dtype=np.float64) for i in indices]))
-        for indices in groups.values()
-    ]
 
 
 class _Candidate:
@@ -319,7 +288,7 @@ class BorderDeduplicator:
 def _bounds(nuclei: Sequence[Nucleus]) -> list[tuple[float, float, float, float]]:
     """(x0, y0, x1, y1) of each nucleus' polygon, vectorised over polygons of equal length."""
     out: list = [None] * len(nuclei)
-    for indices, stacked in _stacked_by_length([nucleus.polygon for nucleus in nuclei]):
+    for indices, stacked in stacked_by_length([nucleus.polygon for nucleus in nuclei]):
         boxes = np.concatenate([stacked.min(axis=1), stacked.max(axis=1)], axis=1).tolist()
         for index, box in zip(indices.tolist(), boxes):
             out[index] = tuple(box)

@@ -5,8 +5,9 @@ model's own resolution (its training µm/px). One working px spans ``factor`` le
 ``factor = model µm/px ÷ slide µm/px``. Tiles are planned and merged in working px; nuclei
 leave this module in level-0 px.
 
-Reading tiles (threads) and post-processing (a thread) overlap with the network, through
-bounded queues, so memory stays bounded whatever the slide size.
+Reading tiles (threads), the network (a thread), post-processing (a thread) and merging and
+writing (the caller's thread) overlap, with a bounded number of batches in flight, so memory
+stays bounded whatever the slide size.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from wsi_frgnet.errors import InputError
 from wsi_frgnet.export import ExportSettings, write_geojson
 from wsi_frgnet.inference import LoadedModel, images_to_tensor
 from wsi_frgnet.merge import (
+    OWNERSHIP_TOLERANCE,
     BorderDeduplicator,
     keep_owned,
     scale,
@@ -103,6 +105,13 @@ def output_offset(slide: Slide, config: SegmentConfig) -> tuple[float, float]:
     return (float(slide.bounds[0]), float(slide.bounds[1])) if config.subtract_bounds else (0.0, 0.0)
 
 
+def tissue_thumbnail_size(dimensions: tuple[int, int], microns_per_pixel: float, config: SegmentConfig) -> int:
+    """Longer side (px) of the thumbnail the tissue mask is computed on: the slide at
+    ``config.tissue_microns_per_pixel``, kept between 256 px and ``config.thumbnail_size``."""
+    at_resolution = math.ceil(max(dimensions) * microns_per_pixel / config.tissue_microns_per_pixel)
+    return min(config.thumbnail_size, max(256, at_resolution))
+
+
 def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> SlidePlan:
     """Tiles (in working px) covering the slide's tissue, ROI or bounds."""
     slide_mpp = require_microns_per_pixel(slide)
@@ -137,7 +146,7 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> Slide
     # Area of the work, mm²: the tissue found, else the region's tile cores.
     area_mm2 = sum(t.core[2] * t.core[3] for t in tiles) * (model_mpp / 1000.0) ** 2
     if config.tissue_mask and tiles:
-        thumbnail, thumbnail_downsample = slide.thumbnail(config.thumbnail_size)
+        thumbnail, thumbnail_downsample = slide.thumbnail(tissue_thumbnail_size(slide.dimensions, slide_mpp, config))
         mask = tissue_mask(thumbnail)
         tiles = tiles_with_tissue(tiles, mask, thumbnail_downsample / factor)
         area_mm2 = min(area_mm2, float(mask.sum()) * (thumbnail_downsample * slide_mpp / 1000.0) ** 2)
@@ -174,13 +183,21 @@ class _TileResults:
     def __call__(self, tiles: list[Tile], output) -> list[tuple[Tile, list[Nucleus]]]:
         results = []
         for index, tile in enumerate(tiles):
-            nuclei, _ = decode_nuclei(output, index, self.model.network.config, self.model.postprocess)
+            nuclei, _ = decode_nuclei(output, index, self.model.network.config, self.model.postprocess, region=_owned_region(tile))
             owned = keep_owned(translate(nuclei, *tile.read[:2]), tile)
             self.oversized += sum(_reach(n) > self.config.context for n in owned)
             if self.plan.roi_polygons:
                 owned = [n for n in owned if _inside_any(n, self.plan.roi_polygons)]
             results.append((tile, owned))
         return results
+
+
+def _owned_region(tile: Tile) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) px of the tile's read window where the centroids it may own lie: its
+    core grown by the ownership tolerance (:func:`~wsi_frgnet.merge.keep_owned` decides)."""
+    x, y, width, height = tile.core
+    left, top = x - tile.read[0] - OWNERSHIP_TOLERANCE, y - tile.read[1] - OWNERSHIP_TOLERANCE
+    return left, top, left + width + 2 * OWNERSHIP_TOLERANCE, top + height + 2 * OWNERSHIP_TOLERANCE
 
 
 def _reach(nucleus: Nucleus) -> float:
@@ -216,41 +233,37 @@ def iterate_nuclei(
     postprocess = _TileResults(model, plan, config)
     tiles_left = iter(plan.tiles)
     readers = ThreadPoolExecutor(config.reader_threads, thread_name_prefix="read")
+    engine = ThreadPoolExecutor(1, thread_name_prefix="network")
     post = ThreadPoolExecutor(1, thread_name_prefix="post")
-    reads: deque[tuple[list[Tile], list[Future]]] = deque()
-    pending: deque[Future] = deque()
-    lookahead = max(2, 2 * config.reader_threads // config.batch_size + 1)
+    in_flight: deque[Future] = deque()  # per batch, in tile order: network job → post-processing job
+    depth = max(3, 2 * config.reader_threads // config.batch_size + 1)
     emitted = 0
 
-    def drain(limit: int) -> Iterator[Nucleus]:
-        nonlocal emitted
-        while len(pending) > limit:
-            for tile, owned in pending.popleft().result():
+    def run_network(tiles: list[Tile], reads: list[Future]) -> Future:
+        pixels = np.stack([read.result() for read in reads])
+        tensor = images_to_tensor(pixels, checkpoint.mean, checkpoint.std, device).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            output = network(tensor)
+        return post.submit(postprocess, tiles, output)
+
+    try:
+        while True:
+            while len(in_flight) < depth and (batch := list(islice(tiles_left, config.batch_size))):
+                in_flight.append(engine.submit(run_network, batch, [readers.submit(read_tile, plan, tile) for tile in batch]))
+            if not in_flight:
+                break
+            # Merging and writing (the caller's work between items) overlap with the network.
+            for tile, owned in in_flight.popleft().result().result():
                 final = deduplicator.add(tile, owned)
                 emitted += len(final)
                 yield from scale(final, plan.factor)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(nuclei=emitted, refresh=False)
-
-    try:
-        while True:
-            while len(reads) < lookahead and (batch := list(islice(tiles_left, config.batch_size))):
-                reads.append((batch, [readers.submit(read_tile, plan, tile) for tile in batch]))
-            if not reads:
-                break
-            tiles, futures = reads.popleft()
-            pixels = np.stack([future.result() for future in futures])
-            tensor = images_to_tensor(pixels, checkpoint.mean, checkpoint.std, device).contiguous(memory_format=torch.channels_last)
-            with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                output = network(tensor)
-            pending.append(post.submit(postprocess, tiles, output))
-            yield from drain(limit=1)
-        yield from drain(limit=0)
     finally:
         # Also on errors and early close: no thread may touch the slide after this returns.
-        readers.shutdown(wait=True, cancel_futures=True)
-        post.shutdown(wait=True, cancel_futures=True)
+        for executor in (readers, engine, post):
+            executor.shutdown(wait=True, cancel_futures=True)
     yield from scale(deduplicator.flush(), plan.factor)
     if summary is not None:
         summary.oversized = postprocess.oversized

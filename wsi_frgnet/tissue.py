@@ -80,13 +80,14 @@ def tissue_mask(
     height, width = image.shape[:2]
     if height == 0 or width == 0:
         return np.zeros((height, width), dtype=bool)
-    rgb = image[..., :3].astype(np.float32)
-    if image.dtype != np.uint8 and rgb.max() <= 1.0:
-        rgb = rgb * 255.0
-    rgb = ndimage.uniform_filter(rgb, size=(3, 3, 1), mode="nearest")
-    brightest = rgb.max(axis=2)
-    saturation = (brightest - rgb.min(axis=2)) / np.maximum(brightest, 1.0)
-    optical_density = -np.log10((rgb + 1.0) / 256.0).mean(axis=2)
+    # Channel planes (3, height, width): reducing over a leading axis is much faster.
+    planes = np.ascontiguousarray(image[..., :3].transpose(2, 0, 1), dtype=np.float32)
+    if image.dtype != np.uint8 and planes.max() <= 1.0:
+        planes = planes * 255.0
+    planes = ndimage.uniform_filter(planes, size=(1, 3, 3), mode="nearest")
+    brightest = planes.max(axis=0)
+    saturation = (brightest - planes.min(axis=0)) / np.maximum(brightest, 1.0)
+    optical_density = -np.log10((planes + 1.0) / 256.0).mean(axis=0)
     valid = brightest >= 25.0  # black: no data (some scanners, OpenSlide's transparent fill)
     if image.shape[2] == 4:
         valid &= image[..., 3] > 0
