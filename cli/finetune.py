@@ -23,9 +23,10 @@ from wsi_frgnet.config import FREEZE_CHOICES
 @model_option
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Adapted model file to write.")
 @click.option("--freeze-all-but", "keep", default="guide", show_default=True,
-              help="What stays trainable: guide (the Fourier guide head: the unlabelled setting), heads, decoder, none "
-                   "(train everything). Without annotations only 'guide' can learn.")
-@click.option("--tiles-per-slide", type=click.IntRange(min=1), default=64, show_default=True, help="Random tissue tiles per input (seeded).")
+              help="What stays trainable: guide (the Fourier guide head: the unlabelled setting), heads (all heads), "
+                   "decoder (decoder and heads), none (train everything). Without annotations only 'guide' can learn.")
+@click.option("--tiles-per-slide", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Random tiles per input (seeded): tissue tiles, or tiles overlapping the annotations.")
 @click.option("--tile-size", type=int, default=256, show_default=True, help="Tile side, px at the model's resolution (multiple of 32).")
 @click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
@@ -41,12 +42,23 @@ from wsi_frgnet.config import FREEZE_CHOICES
 def finetune(inputs: tuple[Path, ...], model_path: Path, output: Path, keep: str, tiles_per_slide: int, tile_size: int, epochs: int,
              batch_size: int, learning_rate: float, mpp: float | None, seed: int, workers: int, resume: bool, device: str,
              quiet: bool) -> None:
-    """Adapt a model to a lab's own slides or images (INPUT: slides, images or folders of
-    images), without annotations: only the Fourier guide head trains, on the inputs' own
-    Fourier guide; everything else, BatchNorm statistics included, stays as it was.
+    """Adapt a model to a lab's own slides or images (INPUT: slides, images, folders of
+    images, or training-data folders with images/ and labels/ as for train).
 
-    The output loads and segments like any other model and records its parent (file hash),
-    what was frozen and the data it saw.
+    Without annotations only the Fourier guide head trains, on the inputs' own Fourier guide.
+
+    Annotations: NAME.geojson (or NAME.geojson.gz) beside NAME.svs, NAME.png, ..., a QuPath
+    export in QuPath's coordinates; or the labels/ of a training-data folder. With them,
+    --freeze-all-but heads|decoder|none trains those modules with the full training loss,
+    and guide trains the guide head on the labels' guide target. QuPath annotation objects
+    that hold smaller objects (or are classified Region*) mark the reviewed area: nuclei
+    outside it are not read, and its outside is never taught as background. Without such
+    regions the nuclei are a partial annotation: unlabelled nuclei are not taught as
+    background either. Inputs must be all annotated or all unannotated.
+
+    Frozen modules keep their weights and BatchNorm statistics. The output loads and segments
+    like any other model and records its parent (file hash), what was frozen, the annotation
+    files and the tiles it saw.
     """
     configure_logging(quiet)
     if keep not in FREEZE_CHOICES:
@@ -75,4 +87,5 @@ def finetune(inputs: tuple[Path, ...], model_path: Path, output: Path, keep: str
         provenance={"command": " ".join(["frgnet-wsi", *sys.argv[1:]])},
     )
     summary = adapt(run, model, model_path, sample, keep)
-    click.echo(f"Wrote {output}: adapted on {len(sample.tiles)} tiles in {summary['seconds'] / 60:.1f} min.")
+    kind = "annotated" if sample.annotated else "unlabelled"
+    click.echo(f"Wrote {output}: adapted on {len(sample.tiles)} {kind} tiles in {summary['seconds'] / 60:.1f} min.")

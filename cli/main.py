@@ -13,7 +13,7 @@ from wsi_frgnet import __version__
 COMMANDS = {
     "guide": ("wsi_frgnet.cli.guide", "guide", "Training-free Fourier guide of an image (nuclei light up)."),
     "train": ("wsi_frgnet.cli.train", "train", "Train a model on labelled images."),
-    "finetune": ("wsi_frgnet.cli.finetune", "finetune", "Adapt a model to unlabelled slides of another lab."),
+    "finetune": ("wsi_frgnet.cli.finetune", "finetune", "Adapt a model to another lab's slides, unlabelled or annotated."),
     "evaluate": ("wsi_frgnet.cli.evaluate", "evaluate", "PQ, DQ, SQ and AJI of a model on labelled images."),
     "segment": ("wsi_frgnet.cli.segment", "segment", "Segment whole slides into QuPath GeoJSON."),
     "predict": ("wsi_frgnet.cli.predict", "predict", "Segment images: label maps, guide masks and overlays."),

@@ -50,6 +50,7 @@ def test_only_the_guide_head_changes(tmp_path, overfitted_model, other_lab_slide
     [
         (["--freeze-all-but", "encoder"], "--freeze-all-but"),
         (["--freeze-all-but", "heads"], "needs annotated inputs"),
+        (["--freeze-all-but", "none"], "needs annotated inputs"),
         (["--mpp", "0"], "--mpp"),
     ],
 )

@@ -2,6 +2,12 @@
 
 Accepts a FeatureCollection, a single Feature, a JSON list of features (QuPath's older export)
 or a bare geometry, plain or gzip-compressed. Coordinates are returned as written (px).
+
+:func:`read_nuclei_and_regions` also tells reviewed regions from nuclei by QuPath's object
+types: a QuPath *annotation* object is a region when it is classified ``Region*`` (QuPath's
+class for regions) or holds the centre of another, less than half as large, object of the
+file (QuPath makes it their parent); every other polygon (detections, cells, annotations drawn
+around single nuclei, also over a detection of the same nucleus, plain GeoJSON) is a nucleus.
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ import json
 import logging
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import shapely
 from shapely.geometry import shape
 
@@ -23,6 +31,16 @@ logger = logging.getLogger(__name__)
 GEOMETRY_TYPES = frozenset(
     {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon", "GeometryCollection"}
 )
+REGION_CLASS = "Region*"  # QuPath's built-in class for regions of interest
+
+
+@dataclass(frozen=True)
+class _Feature:
+    """The polygons of one GeoJSON feature (or bare geometry) and what QuPath made of it."""
+
+    polygons: list[shapely.Polygon]
+    is_annotation: bool  # a QuPath annotation object (not a detection or cell)
+    class_name: str | None  # QuPath classification name, if any
 
 
 def read_polygons(path: Path, noun: str) -> list[shapely.Polygon]:
@@ -33,6 +51,32 @@ def read_polygons(path: Path, noun: str) -> list[shapely.Polygon]:
     Raises InputError for a missing or unreadable file, invalid JSON or GeoJSON, a malformed
     geometry, or a file without any polygon.
     """
+    return [polygon for feature in _read_features(path, noun) for polygon in feature.polygons]
+
+
+def read_nuclei_and_regions(path: Path) -> tuple[list[shapely.Polygon], list[shapely.Polygon]]:
+    """(nuclei, reviewed regions) of a QuPath GeoJSON export, each in file order, coordinates as
+    written (px); the module docstring says which polygons are regions. Errors as
+    :func:`read_polygons`."""
+    features = _read_features(path, "nucleus or region")
+    polygons = [polygon for feature in features for polygon in feature.polygons]
+    owners = np.array([index for index, feature in enumerate(features) for _ in feature.polygons], dtype=np.int64)
+    areas = shapely.area(np.asarray(polygons, dtype=object))
+    centres = shapely.STRtree([polygon.representative_point() for polygon in polygons])
+    nuclei: list[shapely.Polygon] = []
+    regions: list[shapely.Polygon] = []
+    for index, feature in enumerate(features):
+        held = centres.query(feature.polygons, predicate="contains")[1]
+        smaller = areas[held] < 0.5 * sum(polygon.area for polygon in feature.polygons)
+        is_region = feature.is_annotation and (
+            feature.class_name == REGION_CLASS or bool(((owners[held] != index) & smaller).any())
+        )
+        (regions if is_region else nuclei).extend(feature.polygons)
+    return nuclei, regions
+
+
+def _read_features(path: Path, noun: str) -> list[_Feature]:
+    """The features of a GeoJSON file with their polygons (see :func:`read_polygons`)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -46,25 +90,43 @@ def read_polygons(path: Path, noun: str) -> list[shapely.Polygon]:
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
         raise InputError(f"{path}: cannot read ({' '.join(str(error).split())})") from None
     ignored: Counter[str] = Counter()
-    polygons: list[shapely.Polygon] = []
-    for geometry in _geometries(document, path):
+    features: list[_Feature] = []
+    for geometry, feature in _geometries(document, path):
         try:
             parsed = shape(geometry)
-        except Exception as error:  # shapely raises several types for malformed coordinates
+        except Exception as error:  # noqa: BLE001 (shapely raises several types for malformed coordinates)
             raise InputError(f"{path}: malformed {geometry.get('type')} geometry ({' '.join(str(error).split())})") from None
-        polygons.extend(_polygon_parts(parsed, ignored))
+        polygons = _polygon_parts(parsed, ignored)
+        if polygons:
+            features.append(_Feature(polygons, _is_annotation(feature), _class_name(feature)))
     if ignored:
         logger.warning(
             "%s: ignored %s (only Polygon and MultiPolygon features are read as %s polygons)",
             path, ", ".join(f"{count} {name}" for name, count in sorted(ignored.items())), noun,
         )
-    if not polygons:
+    if not features:
         raise InputError(f"{path}: no Polygon or MultiPolygon {noun} found")
-    return polygons
+    return features
 
 
-def _geometries(document: object, path: Path) -> list[dict]:
-    """The GeoJSON geometry objects of a document (features without geometry are skipped)."""
+def _is_annotation(feature: dict) -> bool:
+    """Whether a feature is a QuPath annotation object (``objectType``, or the older ``id``)."""
+    properties = feature.get("properties")
+    object_type = properties.get("objectType") if isinstance(properties, dict) else None
+    return object_type == "annotation" or (object_type is None and feature.get("id") == "PathAnnotationObject")
+
+
+def _class_name(feature: dict) -> str | None:
+    """A feature's QuPath classification name, or None."""
+    properties = feature.get("properties")
+    classification = properties.get("classification") if isinstance(properties, dict) else None
+    name = classification.get("name") if isinstance(classification, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _geometries(document: object, path: Path) -> list[tuple[dict, dict]]:
+    """(geometry, feature) of every GeoJSON geometry object of a document; ``feature`` is the
+    Feature holding it, or {} for a bare geometry (features without geometry are skipped)."""
     items = document if isinstance(document, list) else [document]
     found = []
     for item in items:
@@ -82,9 +144,9 @@ def _geometries(document: object, path: Path) -> list[dict]:
                 continue
             if not isinstance(geometry, dict):
                 raise InputError(f"{path}: a feature's geometry is not an object")
-            found.append(geometry)
+            found.append((geometry, item))
         elif kind in GEOMETRY_TYPES:
-            found.append(item)
+            found.append((item, {}))
         else:
             raise InputError(f"{path}: not GeoJSON (object of type {kind!r})")
     return found

@@ -21,12 +21,15 @@ class LabelledArray:
 
     ``unknown``: optional (H, W) mask, True where nuclei were not annotated; training never
     teaches those pixels as background (``build_targets(..., unknown=...)``).
+    ``partial``: the labels hold only some of the image's nuclei, wherever they lie (METHOD.md
+    §4, ``build_targets(..., partial=True)``).
     """
 
     name: str
     rgb: np.ndarray
     labels: np.ndarray
     unknown: np.ndarray | None = None
+    partial: bool = False
 
     def __post_init__(self) -> None:
         if self.unknown is not None:
@@ -45,7 +48,8 @@ class RandomCrops(Dataset):
     reproducible whatever the number of loader workers. Images smaller than the crop are
     padded with white background and no labels. An image's ``unknown`` mask is cropped,
     flipped and rotated with it and passed to ``build_targets``; it combines with
-    ``keep_fraction``.
+    ``keep_fraction``. Images marked ``partial``, and all of them when ``keep_fraction`` < 1,
+    get the partial-annotation rule.
     """
 
     def __init__(
@@ -103,9 +107,9 @@ class RandomCrops(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         image = self.images[self.image_of_sample[index]]
         rgb, labels, unknown = self._crop(image, rng)
-        partial = self.keep_fraction < 1.0
-        if partial:
+        if self.keep_fraction < 1.0:
             labels = np.where(np.isin(labels, self.kept_ids[self.image_of_sample[index]]), labels, 0)
+        partial = self.keep_fraction < 1.0 or image.partial
         if self.augment:
             rgb, labels, unknown = dihedral(rgb, labels, rng, unknown)
             rgb = stain_jitter(rgb, rng)
@@ -120,7 +124,7 @@ def kept_instances(labels: np.ndarray, fraction: float, seed: int, image_index: 
     chosen at random with (seed, image_index)."""
     ids = np.unique(labels)
     ids = ids[ids > 0]
-    count = int(round(fraction * len(ids)))
+    count = round(fraction * len(ids))
     return np.sort(np.random.default_rng([seed, image_index, 1]).permutation(ids)[:count])
 
 
