@@ -140,20 +140,17 @@ def tiles_with_tissue(
     height, width = mask.shape
     integral = np.zeros((height + 1, width + 1), dtype=np.int64)
     integral[1:, 1:] = mask.cumsum(axis=0).cumsum(axis=1)
+    if not tiles:
+        return []
     origin_x, origin_y = mask_origin
-    kept = []
-    for tile in tiles:
-        x, y, core_width, core_height = tile.core
-        col0 = int(np.clip(np.floor((x - origin_x) / mask_downsample), 0, width))
-        col1 = int(np.clip(np.ceil((x + core_width - origin_x) / mask_downsample), 0, width))
-        row0 = int(np.clip(np.floor((y - origin_y) / mask_downsample), 0, height))
-        row1 = int(np.clip(np.ceil((y + core_height - origin_y) / mask_downsample), 0, height))
-        if col1 <= col0 or row1 <= row0:
-            continue
-        count = integral[row1, col1] - integral[row0, col1] - integral[row1, col0] + integral[row0, col0]
-        if count > 0:
-            kept.append(tile)
-    return kept
+    cores = np.array([tile.core for tile in tiles], dtype=np.float64)  # (n, 4) x, y, width, height
+    col0 = np.clip(np.floor((cores[:, 0] - origin_x) / mask_downsample), 0, width).astype(np.int64)
+    col1 = np.clip(np.ceil((cores[:, 0] + cores[:, 2] - origin_x) / mask_downsample), 0, width).astype(np.int64)
+    row0 = np.clip(np.floor((cores[:, 1] - origin_y) / mask_downsample), 0, height).astype(np.int64)
+    row1 = np.clip(np.ceil((cores[:, 1] + cores[:, 3] - origin_y) / mask_downsample), 0, height).astype(np.int64)
+    count = integral[row1, col1] - integral[row0, col1] - integral[row1, col0] + integral[row0, col0]
+    keep = (col1 > col0) & (row1 > row0) & (count > 0)
+    return [tile for tile, kept in zip(tiles, keep) if kept]
 
 
 def region_mask_from_geojson(path: Path, offset: tuple[float, float] = (0.0, 0.0)) -> list[shapely.Polygon]:
