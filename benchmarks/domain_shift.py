@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,9 @@ def main() -> None:
     parser.add_argument("--tiles-per-image", type=int, default=16)
     parser.add_argument("--tile-size", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--guide-target", choices=["soft", "hard"],
+                        help="unlabelled guide target: the normalised guide g, or g binarised at 0.5 (METHOD.md §2); "
+                             "default: the model's own guide mode")
     parser.add_argument("--keep", type=Path, help="also save the adapted model here")
     args = parser.parse_args()
 
@@ -75,7 +79,8 @@ def main() -> None:
         sample = sample_tiles([shifted / "images"], base, args.tiles_per_image, args.tile_size, seed=0, microns_per_pixel=mpp)
         output = args.keep or Path(folder) / "adapted.pt"
         run = TrainingRun(
-            output=output, model_config=base.checkpoint.model_config, postprocess=base.checkpoint.postprocess,
+            output=output, model_config=replace(base.checkpoint.model_config, guide=args.guide_target or base.checkpoint.model_config.guide),
+            postprocess=base.checkpoint.postprocess,
             training=TrainingConfig(epochs=args.epochs, batch_size=8, learning_rate=args.learning_rate, warmup_epochs=0.5,
                                     crop_size=args.tile_size, workers=0, validate_every=args.epochs),
             microns_per_pixel=mpp, mean=base.checkpoint.mean, std=base.checkpoint.std, quiet=True,

@@ -132,6 +132,17 @@ def test_geojson_features_list_and_file_order_wins_overlaps(tmp_path: Path) -> N
     np.testing.assert_array_equal(labels, expected)
 
 
+def test_qupath_cells_are_read_as_their_nuclei(tmp_path: Path) -> None:
+    square = lambda x0, y0, x1, y1: {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}
+    cell = _feature(square(0, 0, 12, 10), "cell")
+    cell["nucleusGeometry"] = square(3, 2, 7, 6)  # QuPath: geometry = whole cell, nucleusGeometry = its nucleus
+    path = tmp_path / "cells.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [cell]}))
+    expected = np.zeros((10, 16), dtype=np.int32)
+    expected[2:6, 3:7] = 1
+    np.testing.assert_array_equal(geojson_label_map(path, (10, 16)), expected)
+
+
 def test_ambiguous_png_and_geojson_labels(tmp_path: Path, sample) -> None:
     rgb, labels = sample
     root = _folder(tmp_path / "data", rgb, "a.geojson", _collection(labels))

@@ -216,6 +216,20 @@ def test_region_does_not_change_suppression():
     assert decode_nuclei(output, 0, CONFIG, PostprocessConfig(), region=(40.0, 0.0, 64.0, 64.0))[0] == []
 
 
+def test_non_finite_proposals_are_dropped():
+    output = _output(cells=((ROW, COL), (3, 3)))
+    output.fourier[0, 0, 0, 3, 3] = float("inf")  # an overflowing output at the second cell
+    (nucleus,), _ = decode_nuclei(output, 0, CONFIG, PostprocessConfig())
+    np.testing.assert_allclose(nucleus.centroid, CELL_CENTRE, atol=0.05)
+
+
+def test_nms_threshold_above_the_duplicate_cut_keeps_overlapping_proposals():
+    output = _output(cells=((ROW, COL), (ROW, COL + 1)))
+    output.location[0, 0, ROW, COL + 1] = -float(STRIDE)  # both cells propose the very same circle
+    assert len(decode_nuclei(output, 0, CONFIG, PostprocessConfig())[0]) == 1
+    assert len(decode_nuclei(output, 0, CONFIG, PostprocessConfig(nms_threshold=1.0))[0]) == 2
+
+
 def test_score_threshold_and_min_area():
     assert decode_nuclei(_output(score_logit=1.0), 0, CONFIG, PostprocessConfig())[0] == []  # 0.73 < 0.9
     assert len(decode_nuclei(_output(score_logit=1.0), 0, CONFIG, PostprocessConfig(score_threshold=0.5))[0]) == 1

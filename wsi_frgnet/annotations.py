@@ -6,7 +6,7 @@ or a bare geometry, plain or gzip-compressed. Coordinates are returned as writte
 :func:`read_nuclei_and_regions` also tells reviewed regions from nuclei by QuPath's object
 types: a QuPath *annotation* object is a region when it is classified ``Region*`` (QuPath's
 class for regions) or holds the centre of another, less than half as large, object of the
-file (QuPath makes it their parent); every other polygon (detections, cells, annotations drawn
+file (QuPath makes it their parent); every other polygon (detections, the nuclei of cells, annotations drawn
 around single nuclei, also over a detection of the same nucleus, plain GeoJSON) is a nucleus.
 """
 
@@ -43,22 +43,23 @@ class _Feature:
     class_name: str | None  # QuPath classification name, if any
 
 
-def read_polygons(path: Path, noun: str) -> list[shapely.Polygon]:
+def read_polygons(path: Path, noun: str, nuclei: bool = False) -> list[shapely.Polygon]:
     """Every polygon of a GeoJSON file, in file order: one per Polygon, one per part of a
     MultiPolygon (also inside GeometryCollections), repaired when invalid. Other geometry types
-    are skipped with a warning. ``noun`` names what the polygons are, for messages.
+    are skipped with a warning. ``noun`` names what the polygons are, for messages. ``nuclei``:
+    of a QuPath cell object, read its nucleus (``nucleusGeometry``), not the whole cell.
 
     Raises InputError for a missing or unreadable file, invalid JSON or GeoJSON, a malformed
     geometry, or a file without any polygon.
     """
-    return [polygon for feature in _read_features(path, noun) for polygon in feature.polygons]
+    return [polygon for feature in _read_features(path, noun, nuclei) for polygon in feature.polygons]
 
 
 def read_nuclei_and_regions(path: Path) -> tuple[list[shapely.Polygon], list[shapely.Polygon]]:
     """(nuclei, reviewed regions) of a QuPath GeoJSON export, each in file order, coordinates as
     written (px); the module docstring says which polygons are regions. Errors as
     :func:`read_polygons`."""
-    features = _read_features(path, "nucleus or region")
+    features = _read_features(path, "nucleus or region", nuclei=True)
     polygons = [polygon for feature in features for polygon in feature.polygons]
     owners = np.array([index for index, feature in enumerate(features) for _ in feature.polygons], dtype=np.int64)
     areas = shapely.area(np.asarray(polygons, dtype=object))
@@ -75,7 +76,7 @@ def read_nuclei_and_regions(path: Path) -> tuple[list[shapely.Polygon], list[sha
     return nuclei, regions
 
 
-def _read_features(path: Path, noun: str) -> list[_Feature]:
+def _read_features(path: Path, noun: str, nuclei: bool = False) -> list[_Feature]:
     """The features of a GeoJSON file with their polygons (see :func:`read_polygons`)."""
     path = Path(path)
     if not path.is_file():
@@ -92,6 +93,8 @@ def _read_features(path: Path, noun: str) -> list[_Feature]:
     ignored: Counter[str] = Counter()
     features: list[_Feature] = []
     for geometry, feature in _geometries(document, path):
+        if nuclei and isinstance(feature.get("nucleusGeometry"), dict):
+            geometry = feature["nucleusGeometry"]  # a QuPath cell: its nucleus, not the whole cell
         try:
             parsed = shape(geometry)
         except Exception as error:  # noqa: BLE001 (shapely raises several types for malformed coordinates)

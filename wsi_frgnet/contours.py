@@ -175,9 +175,12 @@ def polygon_maxima(values: np.ndarray, rings: Sequence[np.ndarray], fallback: np
     columns = np.clip(fallback[:, 0].astype(np.int64), 0, width - 1) if len(rings) else np.empty(0, np.int64)
     rows = np.clip(fallback[:, 1].astype(np.int64), 0, height - 1) if len(rings) else np.empty(0, np.int64)
     for indices, stacked in stacked_by_length(rings):
+        # Chunks of rings of similar size: each chunk's arrays are padded to its largest ring.
+        by_size = np.argsort(np.prod(stacked.max(axis=1) - stacked.min(axis=1), axis=1), kind="stable")
         for start in range(0, len(indices), chunk):
-            part = indices[start : start + chunk]
-            maxima = _ring_maxima(values, stacked[start : start + chunk])
+            members = by_size[start : start + chunk]
+            part = indices[members]
+            maxima = _ring_maxima(values, stacked[members])
             missing = np.isnan(maxima)
             maxima[missing] = values[rows[part[missing]], columns[part[missing]]]
             out[part] = maxima

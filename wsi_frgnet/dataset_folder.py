@@ -310,7 +310,7 @@ def geojson_label_map(path: Path, shape_hw: tuple[int, int], image_path: Path | 
     others are inside are dropped with a warning.
     """
     path = Path(path)
-    polygons = read_polygons(path, "nucleus")
+    polygons = read_polygons(path, "nucleus", nuclei=True)
     height, width = shape_hw
     frame = shapely.box(0.0, 0.0, float(width), float(height))
     parts = np.asarray(polygons, dtype=object)

@@ -182,7 +182,8 @@ def sample_tiles(
         sample.windows[key] = [list(tile.read) for tile in chosen]
         if labels is not None:
             sample.annotations[key] = labels.description()
-        logger.info("%s: %d tiles%s", entry.path, len(chosen), "" if labels is None else " (annotated)")
+        source = "" if labels is None else f", labelled by {entry.geojson or entry.item.label_path}"
+        logger.info("%s: %d tiles%s", entry.path, len(chosen), source)
     if not sample.tiles:
         raise InputError(f"no tissue found in any input ({', '.join(map(str, inputs))}); nothing to fine-tune on")
     return sample

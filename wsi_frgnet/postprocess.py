@@ -47,8 +47,8 @@ def box_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarr
     """Greedy non-maximum suppression; boxes (N, 4) = (x0, y0, x1, y1). Returns kept indices,
     highest score first; a box is dropped when its IoU with a kept box exceeds ``threshold``.
 
-    Only boxes that intersect are compared (found on a grid of the largest box's size), so the
-    cost grows with the number of boxes, not its square, for boxes scattered over an image.
+    Only boxes that may intersect are compared (found on a grid), so the cost grows with the
+    number of boxes, not its square, for boxes scattered over an image. Boxes must be finite.
     """
     order = np.argsort(-scores, kind="stable")
     boxes = np.asarray(boxes, dtype=np.float64)[order]
@@ -80,34 +80,46 @@ def bounding_boxes(contours: np.ndarray) -> np.ndarray:
 
 
 def _intersecting_pairs(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i, j), i < j, of boxes (N, 4) that may intersect: those whose top-left
-    corners lie in the same or neighbouring cells of a grid as fine as the largest box."""
+    """Index pairs (i, j), i < j, of finite boxes (N, 4) that may intersect, each once.
+
+    Boxes up to four times the median side are binned by top-left corner on a grid as fine as the
+    largest of them and paired with the boxes of their own and neighbouring cells; the few
+    larger ones are paired with every box."""
     count = len(boxes)
     if count < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    cell = max(float(np.max(boxes[:, 2:] - boxes[:, :2])), 1e-6)
-    columns = np.floor((boxes[:, 0] - boxes[:, 0].min()) / cell).astype(np.int64)
-    rows = np.floor((boxes[:, 1] - boxes[:, 1].min()) / cell).astype(np.int64)
+    sides = np.max(boxes[:, 2:] - boxes[:, :2], axis=1)
+    usual = sides <= 4.0 * float(np.median(sides))
+    cell = max(float(sides[usual].max()), 1.0)
+    small = np.flatnonzero(sides <= cell)
+    firsts, seconds = [], []
+    for large in np.flatnonzero(sides > cell):
+        others = np.delete(np.arange(count), large)
+        firsts.append(np.minimum(large, others))
+        seconds.append(np.maximum(large, others))
+    corners = boxes[small, :2]
+    columns = np.floor((corners[:, 0] - corners[:, 0].min()) / cell).astype(np.int64)
+    rows = np.floor((corners[:, 1] - corners[:, 1].min()) / cell).astype(np.int64)
     stride = int(columns.max()) + 2  # a spare column: looking left of column 0 finds nothing
     keys = rows * stride + columns
     by_key = np.argsort(keys, kind="stable")
     sorted_keys = keys[by_key]
-    firsts, seconds = [], []
-    for offset in (-stride - 1, -stride, -stride + 1, -1, 0):  # each neighbouring pair once
+    for offset in (-stride - 1, -stride, -stride + 1, -1, 0):  # each pair of neighbouring cells once
         target = keys + offset
         low = np.searchsorted(sorted_keys, target, side="left")
         counts = np.searchsorted(sorted_keys, target, side="right") - low
         total = int(counts.sum())
         if not total:
             continue
-        owner = np.repeat(np.arange(count), counts)
-        position = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(low, counts)
-        other = by_key[position]
-        firsts.append(np.minimum(owner, other))
-        seconds.append(np.maximum(owner, other))
-    first, second = np.concatenate(firsts), np.concatenate(seconds)
-    distinct = first != second
-    return first[distinct], second[distinct]
+        owner = np.repeat(np.arange(len(small)), counts)
+        other = by_key[np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(low, counts)]
+        if offset == 0:  # the same cell: each pair is found from both sides
+            owner, other = owner[owner < other], other[owner < other]
+        firsts.append(np.minimum(small[owner], small[other]))
+        seconds.append(np.maximum(small[owner], small[other]))
+    if not firsts:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(firsts), np.concatenate(seconds)
 
 
 def _valid_ring(contour: np.ndarray, min_area: float) -> np.ndarray | None:
@@ -138,8 +150,8 @@ def decode_nuclei(
     ``valid_size`` = (height, width) px of the real image inside a padded input: proposals
     centred outside it are dropped. ``region`` = (x0, y0, x1, y1) input px: only nuclei whose
     polygon centroid lies in [x0, x1) x [y0, y1) are returned (every proposal still takes part
-    in NMS); this spares the validity and guide checks for nuclei the caller would drop anyway,
-    such as those a slide tile does not own. The guide map is the predicted guide at its own
+    in NMS); this spares the guide check for nuclei the caller would drop anyway, such as those
+    a slide tile does not own. The guide map is the predicted guide at its own
     stride 2 ((height + 1) // 2, (width + 1) // 2) float32 in [0, 1] (cell (i, j) centred at
     input px (2j + 1, 2i + 1)), or None when the model has no guide.
     """
@@ -163,31 +175,31 @@ def decode_nuclei(
     centres = cell_centres + output.location[index, :, rows, cols].T.float()
     coefficients = output.fourier[index, :, :, rows, cols].permute(2, 0, 1).float()
     contours = decode_contours(centres, coefficients, model_config.contour_points)
-    if model_config.refinement_iterations > 0:
+    finite = torch.isfinite(contours).flatten(1).all(dim=1)  # an overflowing output proposes nothing
+    contours, scores, centres = contours[finite], scores[finite], centres[finite]
+    duplicate_iou = max(DUPLICATE_PROPOSAL_IOU, config.nms_threshold)
+    if model_config.refinement_iterations > 0 and duplicate_iou < 1.0:
         # Near-duplicates go before the costly refinement (about 5 proposals per nucleus).
         unrefined = contours.cpu().numpy()
         distinct = torch.as_tensor(
-            box_nms(bounding_boxes(unrefined), scores.cpu().numpy().astype(np.float64), DUPLICATE_PROPOSAL_IOU),
+            box_nms(bounding_boxes(unrefined), scores.cpu().numpy().astype(np.float64), duplicate_iou),
             device=contours.device,
         )
         contours, scores, centres = contours[distinct], scores[distinct], centres[distinct]
+    if model_config.refinement_iterations > 0:
         contours = refine_contours(
             contours,
             torch.zeros(len(contours), dtype=torch.long, device=contours.device),
-            output.refinement[index : index + 1].float(),
+            output.refinement[index : index + 1].to(torch.float32, memory_format=torch.contiguous_format),
             model_config.refinement_iterations,
             (input_height, input_width),
         )[-1]
     contours_np = contours.cpu().numpy().astype(np.float64)
     scores_np = scores.cpu().numpy().astype(np.float64)
     centres_np = centres.cpu().numpy().astype(np.float64)
-    kept = box_nms(bounding_boxes(contours_np), scores_np, config.nms_threshold)
+    finite = np.isfinite(contours_np).all(axis=(1, 2))  # refinement can overflow too
+    kept = np.flatnonzero(finite)[box_nms(bounding_boxes(contours_np[finite]), scores_np[finite], config.nms_threshold)]
     rings = np.concatenate([contours_np[kept], contours_np[kept, :1]], axis=1)  # closed
-    if region is not None:
-        x0, y0, x1, y1 = region
-        centre = centroids(rings)
-        inside = (centre[:, 0] >= x0) & (centre[:, 0] < x1) & (centre[:, 1] >= y0) & (centre[:, 1] < y1)
-        kept, rings = kept[inside], rings[inside]
     shapes = shapely.polygons(rings)
     valid = shapely.is_valid(shapes) & (shapely.area(shapes) >= config.min_area)
     chosen, outlines = [], []
@@ -196,6 +208,12 @@ def decode_nuclei(
         if ring is not None:
             chosen.append(i)
             outlines.append(ring)
+    if region is not None and outlines:  # centroids of the final (repaired) outlines
+        x0, y0, x1, y1 = region
+        centre = centroids(outlines)
+        inside = (centre[:, 0] >= x0) & (centre[:, 0] < x1) & (centre[:, 1] >= y0) & (centre[:, 1] < y1)
+        chosen = [i for i, keep in zip(chosen, inside) if keep]
+        outlines = [ring for ring, keep in zip(outlines, inside) if keep]
     if guide_map is None:
         guide_values = np.full(len(chosen), np.nan)
     else:
