@@ -241,6 +241,8 @@ def centroids(rings: Sequence[np.ndarray]) -> np.ndarray:
 
 def stacked_by_length(rings: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Rings grouped by vertex count: (indices, stacked (k, m, 2) float64) per group."""
+    if isinstance(rings, np.ndarray) and rings.ndim == 3:  # already stacked
+        return [(np.arange(len(rings)), rings.astype(np.float64, copy=False))] if len(rings) else []
     groups: dict[int, list[int]] = {}
     for index, ring in enumerate(rings):
         groups.setdefault(len(ring), []).append(index)

@@ -122,6 +122,12 @@ def _intersecting_pairs(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(firsts), np.concatenate(seconds)
 
 
+def _in_region(points: np.ndarray, region: tuple[float, float, float, float]) -> np.ndarray:
+    """(n,) whether points (n, 2) (x, y) lie in the half-open box (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = region
+    return (points[:, 0] >= x0) & (points[:, 0] < x1) & (points[:, 1] >= y0) & (points[:, 1] < y1)
+
+
 def _valid_ring(contour: np.ndarray, min_area: float) -> np.ndarray | None:
     """Closed exterior ring of a valid polygon from contour points, or None if degenerate."""
     polygon = shapely.Polygon(contour)
@@ -202,18 +208,18 @@ def decode_nuclei(
     rings = np.concatenate([contours_np[kept], contours_np[kept, :1]], axis=1)  # closed
     shapes = shapely.polygons(rings)
     valid = shapely.is_valid(shapes) & (shapely.area(shapes) >= config.min_area)
+    in_region = np.ones(len(kept), dtype=bool) if region is None else _in_region(centroids(rings), region)
     chosen, outlines = [], []
     for position, i in enumerate(kept):
-        ring = rings[position] if valid[position] else _valid_ring(rings[position, :-1], config.min_area)
-        if ring is not None:
+        if valid[position]:
+            if in_region[position]:
+                chosen.append(i)
+                outlines.append(rings[position])
+            continue
+        ring = _valid_ring(rings[position, :-1], config.min_area)  # the region applies to the repaired outline
+        if ring is not None and (region is None or _in_region(centroids([ring]), region)[0]):
             chosen.append(i)
             outlines.append(ring)
-    if region is not None and outlines:  # centroids of the final (repaired) outlines
-        x0, y0, x1, y1 = region
-        centre = centroids(outlines)
-        inside = (centre[:, 0] >= x0) & (centre[:, 0] < x1) & (centre[:, 1] >= y0) & (centre[:, 1] < y1)
-        chosen = [i for i, keep in zip(chosen, inside) if keep]
-        outlines = [ring for ring, keep in zip(outlines, inside) if keep]
     if guide_map is None:
         guide_values = np.full(len(chosen), np.nan)
     else:
