@@ -11,6 +11,7 @@ import shapely
 import torch
 
 from wsi_frgnet.contours import (
+    bounding_boxes,
     centroids,
     elliptic_fourier_descriptors,
     fourier_basis,
@@ -333,6 +334,11 @@ def _star(rng, centre, radius, points):
     radii = radius * rng.uniform(0.3, 1.0, points)
     ring = np.stack([centre[0] + radii * np.cos(angles), centre[1] + radii * np.sin(angles)], axis=1)
     return np.vstack([ring, ring[:1]])
+
+
+def test_bounding_boxes():
+    contours = np.array([[[1.0, 5.0], [3.0, -2.0], [0.5, 4.0]], [[7.0, 7.0], [8.0, 9.0], [6.0, 8.0]]])
+    np.testing.assert_array_equal(bounding_boxes(contours), [[0.5, -2.0, 3.0, 5.0], [6.0, 7.0, 8.0, 9.0]])
 
 
 def test_polygon_maxima_matches_rasterized_maximum():

@@ -11,7 +11,7 @@ import torch
 
 from wsi_frgnet.config import ModelConfig, PostprocessConfig
 from wsi_frgnet.model.frgnet import NetworkOutput
-from wsi_frgnet.postprocess import Nucleus, bounding_boxes, box_nms, decode_nuclei
+from wsi_frgnet.postprocess import Nucleus, box_nms, decode_nuclei
 
 CONFIG = ModelConfig.tiny()  # K = 6, B = 4, S = 32, 2 refinement iterations
 SIZE = 64
@@ -76,11 +76,6 @@ def test_box_nms_equals_exhaustive_greedy_suppression(seed):
     scores = np.round(rng.uniform(0, 1, count), 1)  # ties: the earlier box ranks first
     for threshold in (0.0, 0.2, 0.7):
         assert box_nms(boxes, scores, threshold).tolist() == _greedy_nms(boxes, scores, threshold)
-
-
-def test_bounding_boxes():
-    contours = np.array([[[1.0, 5.0], [3.0, -2.0], [0.5, 4.0]], [[7.0, 7.0], [8.0, 9.0], [6.0, 8.0]]])
-    np.testing.assert_array_equal(bounding_boxes(contours), [[0.5, -2.0, 3.0, 5.0], [6.0, 7.0, 8.0, 9.0]])
 
 
 def test_box_nms_empty():

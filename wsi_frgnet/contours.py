@@ -161,6 +161,12 @@ def rasterize_polygon(polygon: np.ndarray, shape: tuple[int, int]) -> tuple[slic
     return slice(y0, y1), slice(x0, x1), inside
 
 
+def bounding_boxes(contours: np.ndarray) -> np.ndarray:
+    """(N, 4) boxes (x0, y0, x1, y1) of contours (N, S, 2)."""
+    by_axis = np.ascontiguousarray(contours.transpose(0, 2, 1))  # reducing a contiguous axis is ~10x faster
+    return np.concatenate([by_axis.min(axis=2), by_axis.max(axis=2)], axis=1)
+
+
 def polygon_maxima(values: np.ndarray, rings: Sequence[np.ndarray], fallback: np.ndarray, chunk: int = 128) -> np.ndarray:
     """(n,) max of ``values`` (H, W) over the pixels whose centre lies inside each closed ring
     (even-odd rule, the pixels :func:`rasterize_polygon` selects), vectorised over rings.
@@ -176,25 +182,27 @@ def polygon_maxima(values: np.ndarray, rings: Sequence[np.ndarray], fallback: np
     rows = np.clip(fallback[:, 1].astype(np.int64), 0, height - 1) if len(rings) else np.empty(0, np.int64)
     for indices, stacked in stacked_by_length(rings):
         # Chunks of rings of similar size: each chunk's arrays are padded to its largest ring.
-        by_size = np.argsort(np.prod(stacked.max(axis=1) - stacked.min(axis=1), axis=1), kind="stable")
+        boxes = bounding_boxes(stacked)
+        by_size = np.argsort(np.prod(boxes[:, 2:] - boxes[:, :2], axis=1), kind="stable")
         for start in range(0, len(indices), chunk):
             members = by_size[start : start + chunk]
             part = indices[members]
-            maxima = _ring_maxima(values, stacked[members])
+            maxima = _ring_maxima(values, stacked[members], boxes[members])
             missing = np.isnan(maxima)
             maxima[missing] = values[rows[part[missing]], columns[part[missing]]]
             out[part] = maxima
     return out
 
 
-def _ring_maxima(values: np.ndarray, rings: np.ndarray) -> np.ndarray:
-    """(k,) max of ``values`` inside each of the closed rings (k, m, 2); NaN where none."""
+def _ring_maxima(values: np.ndarray, rings: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(k,) max of ``values`` inside each of the closed rings (k, m, 2), whose bounding boxes
+    are ``boxes`` (k, 4); NaN where none."""
     height, width = values.shape
     count = len(rings)
-    x0 = np.clip(np.floor(rings[..., 0].min(axis=1)).astype(np.int64), 0, width)
-    x1 = np.clip(np.ceil(rings[..., 0].max(axis=1)).astype(np.int64), 0, width)
-    y0 = np.clip(np.floor(rings[..., 1].min(axis=1)).astype(np.int64), 0, height)
-    y1 = np.clip(np.ceil(rings[..., 1].max(axis=1)).astype(np.int64), 0, height)
+    x0 = np.clip(np.floor(boxes[:, 0]).astype(np.int64), 0, width)
+    x1 = np.clip(np.ceil(boxes[:, 2]).astype(np.int64), 0, width)
+    y0 = np.clip(np.floor(boxes[:, 1]).astype(np.int64), 0, height)
+    y1 = np.clip(np.ceil(boxes[:, 3]).astype(np.int64), 0, height)
     window_height, window_width = max(int((y1 - y0).max()), 1), max(int((x1 - x0).max()), 1)
     start, end = rings[:, :-1], rings[:, 1:]  # edges (k, e, 2)
     centres_y = (y0[:, None] + np.arange(window_height) + 0.5)[:, :, None]  # (k, R, 1)

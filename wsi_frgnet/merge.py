@@ -37,7 +37,7 @@ from dataclasses import replace
 import numpy as np
 import shapely
 
-from wsi_frgnet.contours import centroids, stacked_by_length
+from wsi_frgnet.contours import bounding_boxes, centroids, stacked_by_length
 from wsi_frgnet.postprocess import Nucleus
 from wsi_frgnet.tiling import Tile
 
@@ -289,7 +289,7 @@ def _bounds(nuclei: Sequence[Nucleus]) -> list[tuple[float, float, float, float]
     """(x0, y0, x1, y1) of each nucleus' polygon, vectorised over polygons of equal length."""
     out: list = [None] * len(nuclei)
     for indices, stacked in stacked_by_length([nucleus.polygon for nucleus in nuclei]):
-        boxes = np.concatenate([stacked.min(axis=1), stacked.max(axis=1)], axis=1).tolist()
+        boxes = bounding_boxes(stacked).tolist()
         for index, box in zip(indices.tolist(), boxes):
             out[index] = tuple(box)
     return out

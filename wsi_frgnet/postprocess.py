@@ -13,10 +13,9 @@ import shapely
 import torch
 
 from wsi_frgnet.config import ModelConfig, PostprocessConfig
-from wsi_frgnet.contours import centroids, polygon_maxima
+from wsi_frgnet.contours import bounding_boxes, centroids, polygon_maxima
 from wsi_frgnet.model.contour_ops import decode_contours, refine_contours
 from wsi_frgnet.model.frgnet import NetworkOutput
-
 
 # Box IoU (unrefined contours) above which a proposal is a near-duplicate of a higher-scoring
 # one and is dropped before refinement: about 5x fewer contours to refine, and the same MoNuSeg
@@ -71,12 +70,6 @@ def box_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarr
         if starts[i + 1] > starts[i]:
             suppressed[second[starts[i] : starts[i + 1]]] = True
     return order[np.asarray(keep, dtype=np.int64)]
-
-
-def bounding_boxes(contours: np.ndarray) -> np.ndarray:
-    """(N, 4) boxes (x0, y0, x1, y1) of contours (N, S, 2)."""
-    by_axis = np.ascontiguousarray(contours.transpose(0, 2, 1))  # reducing a contiguous axis is ~10x faster
-    return np.concatenate([by_axis.min(axis=2), by_axis.max(axis=2)], axis=1)
 
 
 def _intersecting_pairs(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -184,15 +177,13 @@ def decode_nuclei(
     finite = torch.isfinite(contours).flatten(1).all(dim=1)  # an overflowing output proposes nothing
     contours, scores, centres = contours[finite], scores[finite], centres[finite]
     duplicate_iou = max(DUPLICATE_PROPOSAL_IOU, config.nms_threshold)
-    if model_config.refinement_iterations > 0 and duplicate_iou < 1.0:
-        # Near-duplicates go before the costly refinement (about 5 proposals per nucleus).
-        unrefined = contours.cpu().numpy()
-        distinct = torch.as_tensor(
-            box_nms(bounding_boxes(unrefined), scores.cpu().numpy().astype(np.float64), duplicate_iou),
-            device=contours.device,
-        )
-        contours, scores, centres = contours[distinct], scores[distinct], centres[distinct]
     if model_config.refinement_iterations > 0:
+        if duplicate_iou < 1.0:  # near-duplicates go before the costly refinement (about 5 proposals per nucleus)
+            distinct = torch.as_tensor(
+                box_nms(bounding_boxes(contours.cpu().numpy()), scores.cpu().numpy().astype(np.float64), duplicate_iou),
+                device=contours.device,
+            )
+            contours, scores, centres = contours[distinct], scores[distinct], centres[distinct]
         contours = refine_contours(
             contours,
             torch.zeros(len(contours), dtype=torch.long, device=contours.device),
