@@ -3,7 +3,8 @@
 Writes two Aperio-style pyramidal TIFFs holding the same synthetic tissue (a square of
 ``--tissue`` px at the model's µm/px): one just around the tissue, one ``--glass-factor``
 times larger per side (mostly empty glass). Then prints, for each:
-  - model-only throughput: the network alone on the slide's tissue tiles already in memory;
+  - model-only throughput: the network alone on the slide's tissue tiles already in memory,
+    run on the same streams as ``segment`` (on CPU: one per share of the cores);
   - end-to-end throughput: ``segment_slide`` from file to GeoJSON (reading, tissue
     detection, network, post-processing, merging, export), with its peak RSS.
 Each measurement runs in a fresh process (peak RSS is that of the process) and is repeated
@@ -82,7 +83,7 @@ def synthetic_tissue(side: int) -> np.ndarray:
 def _model_only(args: argparse.Namespace, slide: Path, queue) -> None:
     import torch
 
-    from wsi_frgnet.devices import resolve_device
+    from wsi_frgnet.devices import network_executor, resolve_device
     from wsi_frgnet.inference import images_to_tensor, load_model
     from wsi_frgnet.pipeline import autocast_dtype, plan_slide, read_tile
     from wsi_frgnet.slide import open_slide
@@ -96,11 +97,15 @@ def _model_only(args: argparse.Namespace, slide: Path, queue) -> None:
     dtype = autocast_dtype(args.precision, device)
     checkpoint = model.checkpoint
 
+    def run_batch(start: int) -> None:
+        batch = images_to_tensor(tiles[start : start + args.batch_size], checkpoint.mean, checkpoint.std, device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            model.network(batch.contiguous(memory_format=torch.channels_last))
+
+    engine = network_executor(device)  # the streams segment runs the network on
+
     def run_all() -> None:
-        for start in range(0, len(tiles), args.batch_size):
-            batch = images_to_tensor(tiles[start : start + args.batch_size], checkpoint.mean, checkpoint.std, device)
-            with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                model.network(batch.contiguous(memory_format=torch.channels_last))
+        list(engine.map(run_batch, range(0, len(tiles), args.batch_size)))
         if device.type == "cuda":
             torch.cuda.synchronize()
 

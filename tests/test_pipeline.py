@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from qupath_contract import assert_qupath_valid
 from slide_factory import write_aperio_svs, write_pyramidal_tiff, write_tiff_with_bounds
 from wsi_frgnet.cli.main import main
 
+from wsi_frgnet import devices, pipeline
 from wsi_frgnet.config import SegmentConfig
 from wsi_frgnet.contours import polygons_to_label_map
 from wsi_frgnet.errors import InputError
@@ -73,6 +75,28 @@ def test_small_tiles_and_one_big_tile_give_the_same_nuclei(tmp_path, model, slid
     agreement = score_instances(big, small)
     assert agreement.dq >= 0.99, agreement
     assert agreement.pq >= 0.97, agreement
+
+
+def test_network_streams_do_not_change_the_output(tmp_path, model, slide_image, monkeypatch):
+    # Batches run on several CPU streams come back in tile order: the file is byte-identical.
+    rgb, _ = slide_image
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", rgb, mpp=0.25, levels=1)
+    outputs = {}
+    for shares in ([1], [1, 1, 1]):
+        for module in (devices, pipeline):
+            monkeypatch.setattr(module, "network_thread_shares", lambda device, shares=shares: shares)
+        output = tmp_path / f"{len(shares)}.geojson"
+        segment_slide(slide, model, SMALL_TILES, output, quiet=True)
+        outputs[len(shares)] = output.read_bytes()
+    assert len(read_geojson_features(tmp_path / "1.geojson")) > 10
+    assert outputs[1] == outputs[3]
+
+
+def test_cpu_cores_are_shared_among_at_most_four_streams(monkeypatch):
+    for cores, expected in ((1, [1]), (2, [1, 1]), (7, [2, 2, 2, 1]), (16, [4, 4, 4, 4])):
+        monkeypatch.setattr(torch, "get_num_threads", lambda cores=cores: cores)
+        assert devices.network_thread_shares(torch.device("cpu")) == expected
+        assert devices.network_thread_shares(torch.device("cuda")) == [cores]
 
 
 def test_segment_agrees_with_whole_image_inference(tmp_path, model, slide_image):

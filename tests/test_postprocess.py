@@ -218,7 +218,7 @@ def test_non_finite_proposals_are_dropped():
     np.testing.assert_allclose(nucleus.centroid, CELL_CENTRE, atol=0.05)
 
 
-def test_nms_threshold_above_the_duplicate_cut_keeps_overlapping_proposals():
+def test_nms_threshold_of_one_keeps_overlapping_proposals():
     output = _output(cells=((ROW, COL), (ROW, COL + 1)))
     output.location[0, 0, ROW, COL + 1] = -float(STRIDE)  # both cells propose the very same circle
     assert len(decode_nuclei(output, 0, CONFIG, PostprocessConfig())[0]) == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -24,3 +26,33 @@ def resolve_device(name: str) -> torch.device:
     if index >= torch.cuda.device_count():
         raise InputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
     return torch.device("cuda", index)
+
+
+MAX_CPU_STREAMS = 4
+
+
+def network_thread_shares(device: torch.device) -> list[int]:
+    """Intra-op threads of each network stream (one list entry per stream) on ``device``.
+
+    On CPU the cores are split among up to ``MAX_CPU_STREAMS`` streams that run batches
+    independently: intra-op threads wait for each other at every layer, so two single-threaded
+    streams outrun one two-threaded stream (on 2 cores, 512² tiles in bf16: 14.1 vs 12.0 tiles/s).
+    The core count is torch's thread count (``OMP_NUM_THREADS`` or ``torch.set_num_threads``).
+    On CUDA: one stream.
+    """
+    cores = torch.get_num_threads()
+    if device.type != "cpu":
+        return [cores]
+    streams = max(1, min(MAX_CPU_STREAMS, cores))
+    return [cores // streams + (index < cores % streams) for index in range(streams)]
+
+
+def network_executor(device: torch.device) -> ThreadPoolExecutor:
+    """Threads that run the network on ``device``, one per stream of :func:`network_thread_shares`."""
+    shares = network_thread_shares(device)
+    return ThreadPoolExecutor(len(shares), thread_name_prefix="network", initializer=_take_thread_share, initargs=(iter(shares),))
+
+
+def _take_thread_share(shares: Iterator[int]) -> None:
+    """Thread initialiser: this stream's intra-op thread count (torch keeps one per thread)."""
+    torch.set_num_threads(next(shares))

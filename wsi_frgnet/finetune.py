@@ -171,7 +171,7 @@ def sample_tiles(
             candidates = plan.tiles if labels is None else labels.candidate_tiles(plan.tiles)
             chosen = [candidates[i] for i in sorted(rng.permutation(len(candidates))[:tiles_per_slide])]
             for tile in chosen:
-                rgb = read_tile(plan, tile)
+                rgb = np.ascontiguousarray(read_tile(plan, tile))  # kept for the whole run
                 name = f"{entry.path.name}@{tile.read[0]},{tile.read[1]}"
                 if labels is None:
                     sample.tiles.append(LabelledArray(name, rgb, np.zeros(rgb.shape[:2], dtype=np.int32)))

@@ -5,7 +5,8 @@ model's own resolution (its training µm/px). One working px spans ``factor`` le
 ``factor = model µm/px ÷ slide µm/px``. Tiles are planned and merged in working px; nuclei
 leave this module in level-0 px.
 
-Reading tiles (threads), the network (a thread), post-processing (a thread) and merging and
+Reading tiles (threads), the network (CPU: one stream per share of the cores, each also
+post-processing its batches; CUDA: one stream and a post-processing thread) and merging and
 writing (the caller's thread) overlap, with a bounded number of batches in flight, so memory
 stays bounded whatever the slide size.
 """
@@ -30,6 +31,8 @@ from shapely import Point, affinity
 from tqdm.auto import tqdm
 
 from wsi_frgnet.config import SegmentConfig
+from wsi_frgnet.contours import stacked_by_length
+from wsi_frgnet.devices import network_executor, network_thread_shares
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.export import ExportSettings, write_geojson
 from wsi_frgnet.inference import LoadedModel, images_to_tensor
@@ -163,12 +166,12 @@ def read_tile(plan: SlidePlan, tile: Tile) -> np.ndarray:
     x0, y0 = x * factor, y * factor  # level-0 px
     left, top = math.floor(x0), math.floor(y0)
     scale = factor / downsample  # level px per working px
+    if abs(scale - 1.0) < 1e-6 and x0 == left and y0 == top:
+        return slide.read(left, top, width, height, level)
     level_width = math.ceil(width * scale + (x0 - left) / downsample) + 1
     level_height = math.ceil(height * scale + (y0 - top) / downsample) + 1
     region = slide.read(left, top, level_width, level_height, level)
     offset_x, offset_y = (x0 - left) / downsample, (y0 - top) / downsample
-    if abs(scale - 1.0) < 1e-6 and offset_x == 0 and offset_y == 0:
-        return np.ascontiguousarray(region[:height, :width])
     box = (offset_x, offset_y, offset_x + width * scale, offset_y + height * scale)
     return np.asarray(Image.fromarray(region).resize((width, height), Image.Resampling.BILINEAR, box=box))
 
@@ -178,18 +181,18 @@ class _TileResults:
 
     def __init__(self, model: LoadedModel, plan: SlidePlan, config: SegmentConfig) -> None:
         self.model, self.plan, self.config = model, plan, config
-        self.oversized = 0
 
-    def __call__(self, tiles: list[Tile], output) -> list[tuple[Tile, list[Nucleus]]]:
-        results = []
+    def __call__(self, tiles: list[Tile], output) -> tuple[list[tuple[Tile, list[Nucleus]]], int]:
+        """(tile, owned nuclei) per tile, and how many of them are oversized."""
+        results, oversized = [], 0
         for index, tile in enumerate(tiles):
             nuclei, _ = decode_nuclei(output, index, self.model.network.config, self.model.postprocess, region=_owned_region(tile))
             owned = keep_owned(translate(nuclei, *tile.read[:2]), tile)
-            self.oversized += sum(_reach(n) > self.config.context for n in owned)
+            oversized += _count_oversized(owned, self.config.context)
             if self.plan.roi_polygons:
                 owned = [n for n in owned if _inside_any(n, self.plan.roi_polygons)]
             results.append((tile, owned))
-        return results
+        return results, oversized
 
 
 def _owned_region(tile: Tile) -> tuple[float, float, float, float]:
@@ -200,11 +203,15 @@ def _owned_region(tile: Tile) -> tuple[float, float, float, float]:
     return left, top, left + width + 2 * OWNERSHIP_TOLERANCE, top + height + 2 * OWNERSHIP_TOLERANCE
 
 
-def _reach(nucleus: Nucleus) -> float:
-    """How far (px, along x or y) the nucleus extends from its centre. Its tile owns the
-    centre, so a reach beyond the tile context can take it past the tile's read window."""
-    ring = nucleus.polygon[:-1]
-    return float(np.abs(ring - ring.mean(axis=0)).max())
+def _count_oversized(nuclei: list[Nucleus], context: int) -> int:
+    """How many nuclei extend further than ``context`` px (along x or y) from their centre
+    (the mean of their vertices). Their tile owns the centre, so such a reach can take them past
+    the tile's read window."""
+    count = 0
+    for _, rings in stacked_by_length([nucleus.polygon[:-1] for nucleus in nuclei]):
+        reach = np.abs(rings - rings.mean(axis=1, keepdims=True)).max(axis=(1, 2))
+        count += int((reach > context).sum())
+    return count
 
 
 def _inside_any(nucleus: Nucleus, polygons: list) -> bool:
@@ -232,19 +239,26 @@ def iterate_nuclei(
     deduplicator = BorderDeduplicator()
     postprocess = _TileResults(model, plan, config)
     tiles_left = iter(plan.tiles)
+    streams = len(network_thread_shares(device))
     readers = ThreadPoolExecutor(config.reader_threads, thread_name_prefix="read")
-    engine = ThreadPoolExecutor(1, thread_name_prefix="network")
-    post = ThreadPoolExecutor(1, thread_name_prefix="post")
+    engine = network_executor(device)
+    # On CPU each stream post-processes its own batches; on CUDA a thread of its own does,
+    # so that the next batch reaches the GPU meanwhile.
+    post = ThreadPoolExecutor(1, thread_name_prefix="post") if device.type != "cpu" else None
     in_flight: deque[Future] = deque()  # per batch, in tile order: network job → post-processing job
-    depth = max(3, 2 * config.reader_threads // config.batch_size + 1)
-    emitted = 0
+    depth = max(streams + 2, 2 * config.reader_threads // config.batch_size + 1)
+    emitted = oversized = 0
 
     def run_network(tiles: list[Tile], reads: list[Future]) -> Future:
         pixels = np.stack([read.result() for read in reads])
         tensor = images_to_tensor(pixels, checkpoint.mean, checkpoint.std, device).contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             output = network(tensor)
-        return post.submit(postprocess, tiles, output)
+        if post is not None:
+            return post.submit(postprocess, tiles, output)
+        done: Future = Future()
+        done.set_result(postprocess(tiles, output))
+        return done
 
     try:
         while True:
@@ -253,7 +267,9 @@ def iterate_nuclei(
             if not in_flight:
                 break
             # Merging and writing (the caller's work between items) overlap with the network.
-            for tile, owned in in_flight.popleft().result().result():
+            results, batch_oversized = in_flight.popleft().result().result()
+            oversized += batch_oversized
+            for tile, owned in results:
                 final = deduplicator.add(tile, owned)
                 emitted += len(final)
                 yield from scale(final, plan.factor)
@@ -263,12 +279,13 @@ def iterate_nuclei(
     finally:
         # Also on errors and early close: no thread may touch the slide after this returns.
         for executor in (readers, engine, post):
-            executor.shutdown(wait=True, cancel_futures=True)
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
     yield from scale(deduplicator.flush(), plan.factor)
     if summary is not None:
-        summary.oversized = postprocess.oversized
-    elif postprocess.oversized:
-        _warn_oversized(postprocess.oversized, config)
+        summary.oversized = oversized
+    elif oversized:
+        _warn_oversized(oversized, config)
 
 
 def _warn_oversized(count: int, config: SegmentConfig) -> None:

@@ -17,11 +17,6 @@ from wsi_frgnet.contours import bounding_boxes, centroids, polygon_maxima
 from wsi_frgnet.model.contour_ops import decode_contours, refine_contours
 from wsi_frgnet.model.frgnet import NetworkOutput
 
-# Box IoU (unrefined contours) above which a proposal is a near-duplicate of a higher-scoring
-# one and is dropped before refinement: about 5x fewer contours to refine, and the same MoNuSeg
-# validation PQ (0.5607 vs 0.5600; AJI 0.5763 vs 0.5767) as refining every proposal.
-DUPLICATE_PROPOSAL_IOU = 0.7
-
 
 @dataclass(frozen=True)
 class Nucleus:
@@ -176,11 +171,13 @@ def decode_nuclei(
     contours = decode_contours(centres, coefficients, model_config.contour_points)
     finite = torch.isfinite(contours).flatten(1).all(dim=1)  # an overflowing output proposes nothing
     contours, scores, centres = contours[finite], scores[finite], centres[finite]
-    duplicate_iou = max(DUPLICATE_PROPOSAL_IOU, config.nms_threshold)
     if model_config.refinement_iterations > 0:
-        if duplicate_iou < 1.0:  # near-duplicates go before the costly refinement (about 5 proposals per nucleus)
+        # NMS on the unrefined contours first, so that only its survivors are refined (about 5
+        # cells propose each nucleus): the same MoNuSeg validation PQ as refining every
+        # proposal (0.5608 vs 0.5600; AJI 0.5755 vs 0.5767), in a fraction of the time.
+        if config.nms_threshold < 1.0:
             distinct = torch.as_tensor(
-                box_nms(bounding_boxes(contours.cpu().numpy()), scores.cpu().numpy().astype(np.float64), duplicate_iou),
+                box_nms(bounding_boxes(contours.cpu().numpy()), scores.cpu().numpy().astype(np.float64), config.nms_threshold),
                 device=contours.device,
             )
             contours, scores, centres = contours[distinct], scores[distinct], centres[distinct]

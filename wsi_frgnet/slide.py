@@ -144,7 +144,7 @@ class Slide(abc.ABC):
                 piece = Image.fromarray(pixels)
                 canvas.paste(piece.reduce(factor) if factor > 1 else piece, (left // factor, top // factor))
         if canvas.size != size:
-            canvas = canvas.resize(size, Image.Resampling.LANCZOS)
+            canvas = canvas.resize(size, Image.Resampling.BILINEAR)  # antialiased when shrinking
         return np.array(canvas), downsample
 
     @abc.abstractmethod
@@ -213,7 +213,7 @@ class OpenSlideSlide(Slide):
             raise InputError(f"{self.path}: cannot read slide ({_one_line(exc, self.path)})") from exc
         rgba = np.asarray(region)  # un-premultiplied RGBA
         if rgba[..., 3].min() == 255:
-            return np.ascontiguousarray(rgba[..., :3])
+            return rgba[..., :3]  # a view: callers stack or resample it anyway
         rgb, alpha = rgba[..., :3].astype(np.uint32), rgba[..., 3:].astype(np.uint32)
         return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)  # over white
 

@@ -84,7 +84,7 @@ def tissue_mask(
     planes = np.ascontiguousarray(image[..., :3].transpose(2, 0, 1), dtype=np.float32)
     if image.dtype != np.uint8 and planes.max() <= 1.0:
         planes = planes * 255.0
-    planes = ndimage.uniform_filter(planes, size=(1, 3, 3), mode="nearest")
+    planes = _mean_3x3(planes)
     brightest = planes.max(axis=0)
     saturation = (brightest - planes.min(axis=0)) / np.maximum(brightest, 1.0)
     optical_density = -np.log10((planes + 1.0) / 256.0).mean(axis=0)
@@ -104,6 +104,14 @@ def tissue_mask(
     if dilation > 0 and mask.any():
         mask = ndimage.binary_dilation(mask, iterations=dilation)
     return mask
+
+
+def _mean_3x3(planes: np.ndarray) -> np.ndarray:
+    """3x3 mean of each (height, width) plane, edges repeated (sums of shifted views: several
+    times faster than a general uniform filter)."""
+    padded = np.pad(planes, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    rows = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]
+    return (rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]) / np.float32(9.0)
 
 
 def _remove_small(mask: np.ndarray, min_pixels: int, keep_border: bool = False) -> np.ndarray:
