@@ -34,6 +34,8 @@ _DEFAULTS = TrainingConfig()
 @click.option("--validate-every", type=int, default=_DEFAULTS.validate_every, show_default=True, help="Epochs between validation passes.")
 @click.option("--workers", type=click.IntRange(min=0), default=_DEFAULTS.workers, show_default=True, help="Data-loading processes (0: in the main process).")
 @click.option("--architecture", type=click.Choice(["default", "tiny"]), default="default", show_default=True, help="Network size; tiny is for tests and smoke runs.")
+@click.option("--fourier-order", type=click.IntRange(min=1), default=None,
+              help="Elliptic Fourier order of the contours (default: the architecture's, 12 for default).")
 @click.option("--keep-fraction", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
               help="Keep this seeded random share of each image's nuclei as annotations (weak supervision; implies --guide hard).")
 @click.option("--guide", type=click.Choice(GUIDE_MODES), default=None,
@@ -46,7 +48,7 @@ _DEFAULTS = TrainingConfig()
 @handles_user_errors
 def train(data_dir: Path, output: Path, validation: Path | None, validation_fraction: float | None, epochs: int, batch_size: int,
           learning_rate: float, warmup_epochs: float, crop_size: int, mpp: float | None, seed: int, validate_every: int,
-          workers: int, architecture: str, keep_fraction: float, guide: str | None, contrastive: bool, mixed_precision: bool, resume: bool,
+          workers: int, architecture: str, fourier_order: int | None, keep_fraction: float, guide: str | None, contrastive: bool, mixed_precision: bool, resume: bool,
           device: str, quiet: bool) -> None:
     """Train an FrGNet on DATA_DIR (images/ and labels/ with the same file stems).
 
@@ -61,7 +63,8 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
         base = ModelConfig.tiny() if architecture == "tiny" else ModelConfig()
         if guide is None:
             guide = "hard" if keep_fraction < 1.0 else "soft"
-        model_config = ModelConfig(**{**vars(base), "guide": guide, "contrastive": contrastive})
+        model_config = ModelConfig(**{**vars(base), "guide": guide, "contrastive": contrastive,
+                                      "fourier_order": fourier_order or base.fourier_order})
         training = TrainingConfig(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup_epochs=warmup_epochs,
             crop_size=crop_size, seed=seed, validate_every=validate_every, workers=workers,

@@ -29,6 +29,7 @@ from wsi_frgnet.cli.main import main
 from wsi_frgnet import __version__
 from wsi_frgnet.checkpoint import load_checkpoint
 from wsi_frgnet.config import ModelConfig
+from wsi_frgnet.inference import load_model
 
 TINY_CROP = 64
 assert TINY_CROP % 32 == 0 and TINY_CROP % ModelConfig.tiny().size_multiple == 0
@@ -233,6 +234,14 @@ def test_train_without_validation_and_mpp_option(small_data: Path, tmp_path: Pat
     assert checkpoint.provenance["validation_images"] == []
     assert "val_pq" not in read_log(output)[0]
     assert no_temp_files(tmp_path)
+
+
+def test_train_fourier_order_option(small_data: Path, tmp_path: Path) -> None:
+    output = tmp_path / "m.pt"
+    assert_ok(invoke(*train_args(small_data, output, 1, "--fourier-order", "4")))
+    checkpoint = load_checkpoint(output)
+    assert checkpoint.model_config.fourier_order == 4
+    assert load_model(output).network.config.fourier_order == 4
 
 
 def test_fresh_train_restarts_log(small_data: Path, tmp_path: Path) -> None:
@@ -506,7 +515,7 @@ def test_device_unknown(tiny_model_path: Path, session_data_dir: Path) -> None:
 @pytest.mark.parametrize(
     "option, value",
     [("--crop-size", "50"), ("--crop-size", "0"), ("--epochs", "0"), ("--batch-size", "0"), ("--learning-rate", "0"),
-     ("--mpp", "-1"), ("--architecture", "huge"), ("--epochs", "two")],
+     ("--mpp", "-1"), ("--architecture", "huge"), ("--epochs", "two"), ("--fourier-order", "0")],
 )
 def test_train_bad_option_is_usage_error(option: str, value: str, small_data: Path, tmp_path: Path) -> None:
     args = ["train", small_data, "-o", tmp_path / "m.pt", "--architecture", "tiny", "--crop-size", TINY_CROP, "--quiet"]
