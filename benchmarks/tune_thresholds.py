@@ -2,7 +2,9 @@
 
 The network runs once per image; each threshold combination only re-runs post-processing.
 Prints mean PQ / AJI for every combination (best first) and, with --write, saves a copy of the
-model with the best thresholds stored in it.
+model with the best thresholds stored in it. With --weights-from, the copy takes its weights
+from another model instead: tune on a model trained without the validation images, then store
+the thresholds in the same recipe trained on every image.
 
     python benchmarks/tune_thresholds.py --model model.pt DATA_DIR [--names held_out.txt] [--write tuned.pt]
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from wsi_frgnet.checkpoint import load_checkpoint, save_checkpoint
+from wsi_frgnet.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from wsi_frgnet.config import PostprocessConfig
 from wsi_frgnet.contours import polygons_to_label_map
 from wsi_frgnet.dataset_folder import list_labelled_images, load_pair, read_name_list
@@ -35,6 +37,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="save the model with the best thresholds here")
     parser.add_argument("--guide-filter", type=float, help="store this guide threshold instead of the best one")
     parser.add_argument("--half", action="store_true", help="store weights as float16 (half the file; loaded as float32)")
+    parser.add_argument("--weights-from", type=Path, help="with --write: take the weights from this model (same architecture)")
     args = parser.parse_args()
 
     model = load_model(args.model)
@@ -68,11 +71,15 @@ def main() -> None:
         best = rows[0][4]
         if args.guide_filter is not None:
             best = PostprocessConfig(best.score_threshold, best.nms_threshold, args.guide_filter, best.min_area)
-        checkpoint = load_checkpoint(args.model)
+        checkpoint = load_checkpoint(args.weights_from or args.model)
+        if checkpoint.model_config != model.network.config:
+            parser.error(f"{args.weights_from}: another architecture than {args.model}")
         if args.half:
             checkpoint.state_dict = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint.state_dict.items()}
         checkpoint.postprocess = best
         checkpoint.provenance = {**checkpoint.provenance, "thresholds_tuned_on": [item.name for item in items]}
+        if args.weights_from:
+            checkpoint.provenance["thresholds_tuned_with"] = file_sha256(args.model)
         save_checkpoint(args.write, checkpoint)
         print(f"wrote {args.write} with {best}")
 
