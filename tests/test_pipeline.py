@@ -282,5 +282,9 @@ def test_tissue_thumbnail_is_taken_at_about_four_microns_per_pixel_within_bounds
     assert tissue_thumbnail_size((500, 400), 0.25, config) == 256  # never below 256 px
     assert tissue_thumbnail_size((100_000, 80_000), 0.25, config) == 2048  # capped for large slides
     assert tissue_thumbnail_size((100_000, 80_000), 0.25, SegmentConfig(thumbnail_size=1024)) == 1024
+    # A pyramid level up to 2x coarser is read as it is (but never one below 256 px).
+    pyramid = tuple((100_000 // 2**i, 80_000 // 2**i) for i in range(8))  # ..., 3125, 1562, 781 px
+    assert tissue_thumbnail_size((100_000, 80_000), 0.25, config, pyramid) == 1562
+    assert tissue_thumbnail_size((5120, 4000), 0.25, config, ((5120, 4000), (2560, 2000), (1280, 1000), (200, 156))) == 320
     with pytest.raises(ValueError):
         SegmentConfig(tissue_microns_per_pixel=0.0)

@@ -108,11 +108,20 @@ def output_offset(slide: Slide, config: SegmentConfig) -> tuple[float, float]:
     return (float(slide.bounds[0]), float(slide.bounds[1])) if config.subtract_bounds else (0.0, 0.0)
 
 
-def tissue_thumbnail_size(dimensions: tuple[int, int], microns_per_pixel: float, config: SegmentConfig) -> int:
+def tissue_thumbnail_size(
+    dimensions: tuple[int, int],
+    microns_per_pixel: float,
+    config: SegmentConfig,
+    level_dimensions: tuple[tuple[int, int], ...] = (),
+) -> int:
     """Longer side (px) of the thumbnail the tissue mask is computed on: the slide at
-    ``config.tissue_microns_per_pixel``, kept between 256 px and ``config.thumbnail_size``."""
+    ``config.tissue_microns_per_pixel``, kept between 256 px and ``config.thumbnail_size``; or,
+    when a pyramid level is up to 2x coarser than that (and at least 256 px), that level's
+    longer side, so that the level is read as it is, without resampling a larger one."""
     at_resolution = math.ceil(max(dimensions) * microns_per_pixel / config.tissue_microns_per_pixel)
-    return min(config.thumbnail_size, max(256, at_resolution))
+    size = min(config.thumbnail_size, max(256, at_resolution))
+    level_sides = [max(level) for level in level_dimensions if max(size / 2, 256) <= max(level) <= size]
+    return max(level_sides, default=size)
 
 
 def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> SlidePlan:
@@ -149,7 +158,7 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> Slide
     # Area of the work, mm²: the tissue found, else the region's tile cores.
     area_mm2 = sum(t.core[2] * t.core[3] for t in tiles) * (model_mpp / 1000.0) ** 2
     if config.tissue_mask and tiles:
-        thumbnail, thumbnail_downsample = slide.thumbnail(tissue_thumbnail_size(slide.dimensions, slide_mpp, config))
+        thumbnail, thumbnail_downsample = slide.thumbnail(tissue_thumbnail_size(slide.dimensions, slide_mpp, config, slide.level_dimensions))
         mask = tissue_mask(thumbnail)
         tiles = tiles_with_tissue(tiles, mask, thumbnail_downsample / factor)
         area_mm2 = min(area_mm2, float(mask.sum()) * (thumbnail_downsample * slide_mpp / 1000.0) ** 2)
