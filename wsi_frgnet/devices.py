@@ -1,4 +1,4 @@
-"""Choosing the compute device from a user's --device value."""
+"""The compute device from a user's --device value, and how the network's work is spread on it."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ def network_thread_shares(device: torch.device) -> list[int]:
     """Intra-op threads of each network stream (one list entry per stream) on ``device``.
 
     On CPU the cores are split among up to ``MAX_CPU_STREAMS`` streams that run batches
-    independently: intra-op threads wait for each other at every layer, so two single-threaded
-    streams outrun one two-threaded stream (on 2 cores, 512² tiles in bf16: 14.1 vs 12.0 tiles/s).
+    independently: two single-threaded streams outrun one two-threaded stream (on 2 cores, 512²
+    tiles in bf16: 14.1 vs 12.0 tiles/s), most likely because intra-op threads synchronise at
+    every layer.
     The core count is torch's thread count (``OMP_NUM_THREADS`` or ``torch.set_num_threads``).
     On CUDA: one stream.
     """
