@@ -83,7 +83,11 @@ def synthetic_tissue(side: int) -> np.ndarray:
 def _model_only(args: argparse.Namespace, slide: Path, queue) -> None:
     import torch
 
-    from wsi_frgnet.devices import network_executor, resolve_device
+    from wsi_frgnet.devices import (
+        network_executor,
+        network_thread_shares,
+        resolve_device,
+    )
     from wsi_frgnet.inference import images_to_tensor, load_model
     from wsi_frgnet.pipeline import autocast_dtype, plan_slide, read_tile
     from wsi_frgnet.slide import open_slide
@@ -102,7 +106,7 @@ def _model_only(args: argparse.Namespace, slide: Path, queue) -> None:
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             model.network(batch.contiguous(memory_format=torch.channels_last))
 
-    engine = network_executor(device)  # the streams segment runs the network on
+    engine = network_executor(network_thread_shares(device))  # the streams segment runs the network on
 
     def run_all() -> None:
         list(engine.map(run_batch, range(0, len(tiles), args.batch_size)))

@@ -48,9 +48,9 @@ def network_thread_shares(device: torch.device) -> list[int]:
     return [cores // streams + (index < cores % streams) for index in range(streams)]
 
 
-def network_executor(device: torch.device) -> ThreadPoolExecutor:
-    """Threads that run the network on ``device``, one per stream of :func:`network_thread_shares`."""
-    shares = network_thread_shares(device)
+def network_executor(shares: list[int]) -> ThreadPoolExecutor:
+    """Threads that run the network, one per stream, each with its share of intra-op threads
+    (from :func:`network_thread_shares`)."""
     return ThreadPoolExecutor(len(shares), thread_name_prefix="network", initializer=_take_thread_share, initargs=(iter(shares),))
 
 

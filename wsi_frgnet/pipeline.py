@@ -248,14 +248,14 @@ def iterate_nuclei(
     deduplicator = BorderDeduplicator()
     postprocess = _TileResults(model, plan, config)
     tiles_left = iter(plan.tiles)
-    streams = len(network_thread_shares(device))
+    shares = network_thread_shares(device)
     readers = ThreadPoolExecutor(config.reader_threads, thread_name_prefix="read")
-    engine = network_executor(device)
+    engine = network_executor(shares)
     # On CPU each stream post-processes its own batches; on CUDA a thread of its own does,
     # so that the next batch reaches the GPU meanwhile.
     post = ThreadPoolExecutor(1, thread_name_prefix="post") if device.type != "cpu" else None
     in_flight: deque[Future] = deque()  # per batch, in tile order: network job → post-processing job
-    depth = max(streams + 2, 2 * config.reader_threads // config.batch_size + 1)
+    depth = max(len(shares) + 2, 2 * config.reader_threads // config.batch_size + 1)
     emitted = oversized = 0
 
     def run_network(tiles: list[Tile], reads: list[Future]) -> Future:

@@ -145,11 +145,11 @@ def tiles_with_tissue(
     if mask_downsample <= 0:
         raise ValueError(f"mask_downsample {mask_downsample}: must be positive")
     mask = np.asarray(mask, dtype=bool)
+    if not tiles:
+        return []
     height, width = mask.shape
     integral = np.zeros((height + 1, width + 1), dtype=np.int64)
     integral[1:, 1:] = mask.cumsum(axis=0).cumsum(axis=1)
-    if not tiles:
-        return []
     origin_x, origin_y = mask_origin
     cores = np.array([tile.core for tile in tiles], dtype=np.float64)  # (n, 4) x, y, width, height
     col0 = np.clip(np.floor((cores[:, 0] - origin_x) / mask_downsample), 0, width).astype(np.int64)
