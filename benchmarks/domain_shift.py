@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from wsi_frgnet.augment import adjust_stains
 from wsi_frgnet.config import TrainingConfig
-from wsi_frgnet.dataset_folder import list_labelled_images, load_pair, read_name_list
-from wsi_frgnet.evaluation import evaluate_folder
-from wsi_frgnet.finetune import finetune, sample_tiles
-from wsi_frgnet.images import write_label_map, write_png
-from wsi_frgnet.inference import load_model
-from wsi_frgnet.training import TrainingRun
+from wsi_frgnet.engine.inference import load_model
+from wsi_frgnet.eval.evaluation import evaluate_folder
+from wsi_frgnet.io.data_folder import list_labelled_images, load_pair, read_name_list
+from wsi_frgnet.io.images import write_label_map, write_png
+from wsi_frgnet.train.augment import adjust_stains
+from wsi_frgnet.train.finetune import finetune, sample_tiles
+from wsi_frgnet.train.loop import TrainingRun
 
 
 def other_lab(rgb: np.ndarray) -> np.ndarray:

@@ -83,14 +83,15 @@ def synthetic_tissue(side: int) -> np.ndarray:
 def _model_only(args: argparse.Namespace, slide: Path, queue) -> None:
     import torch
 
-    from wsi_frgnet.devices import (
+    from wsi_frgnet.engine.devices import (
+        autocast_dtype,
         network_executor,
         network_thread_shares,
         resolve_device,
     )
-    from wsi_frgnet.inference import images_to_tensor, load_model
-    from wsi_frgnet.pipeline import autocast_dtype, plan_slide, read_tile
-    from wsi_frgnet.slide import open_slide
+    from wsi_frgnet.engine.inference import images_to_tensor, load_model
+    from wsi_frgnet.engine.planning import plan_slide, read_tile
+    from wsi_frgnet.io.slide import open_slide
 
     device = resolve_device(args.device)
     model = load_model(args.model, device)
@@ -123,9 +124,9 @@ def _model_only(args: argparse.Namespace, slide: Path, queue) -> None:
 
 
 def _end_to_end(args: argparse.Namespace, slide: Path, output: Path, queue) -> None:
-    from wsi_frgnet.devices import resolve_device
-    from wsi_frgnet.inference import load_model
-    from wsi_frgnet.pipeline import segment_slide
+    from wsi_frgnet.engine.devices import resolve_device
+    from wsi_frgnet.engine.inference import load_model
+    from wsi_frgnet.engine.pipeline import segment_slide
 
     model = load_model(args.model, resolve_device(args.device))
     config = SegmentConfig(tile_size=args.tile_size, batch_size=args.batch_size, precision=args.precision)
@@ -168,7 +169,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each measurement; the fastest is reported")
     args = parser.parse_args()
 
-    from wsi_frgnet.checkpoint import load_checkpoint
+    from wsi_frgnet.model.model_file import load_checkpoint
 
     mpp = load_checkpoint(args.model).microns_per_pixel or 0.25
     with tempfile.TemporaryDirectory() as folder:

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from wsi_frgnet.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from wsi_frgnet.config import PostprocessConfig
-from wsi_frgnet.contours import polygons_to_label_map
-from wsi_frgnet.dataset_folder import list_labelled_images, load_pair, read_name_list
-from wsi_frgnet.inference import images_to_tensor, load_model, pad_with_glass
-from wsi_frgnet.metrics import mean_scores, score_instances
-from wsi_frgnet.postprocess import decode_nuclei
+from wsi_frgnet.engine.decode import decode_nuclei
+from wsi_frgnet.engine.inference import images_to_tensor, load_model, pad_with_glass
+from wsi_frgnet.eval.metrics import mean_scores, score_instances
+from wsi_frgnet.geometry.raster import polygons_to_label_map
+from wsi_frgnet.io.data_folder import list_labelled_images, load_pair, read_name_list
+from wsi_frgnet.model.model_file import file_sha256, load_checkpoint, save_checkpoint
 
 
 def main() -> None:

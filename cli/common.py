@@ -73,3 +73,10 @@ def _positive_mpp(ctx: click.Context, param: click.Parameter, value: float | Non
 def mpp_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--mpp (µm/px), refused unless a positive finite number."""
     return click.option("--mpp", type=float, callback=_positive_mpp, help=help_text)
+
+
+def precision_option(default: str, help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--precision auto|fp32|bf16|fp16 (wsi_frgnet.engine.devices decides what auto means)."""
+    from wsi_frgnet.config import PRECISIONS
+
+    return click.option("--precision", type=click.Choice(PRECISIONS), default=default, show_default=True, help=help_text)

@@ -33,20 +33,20 @@ def evaluate(data_dir: Path, model_path: Path | None, baseline: str | None, json
     configure_logging(quiet)
     if (model_path is None) == (baseline is None):
         raise click.UsageError("give exactly one of --model or --baseline")
-    from wsi_frgnet.atomic import atomic_write
     from wsi_frgnet.errors import InputError
-    from wsi_frgnet.evaluation import evaluate_folder
+    from wsi_frgnet.eval.evaluation import evaluate_folder
+    from wsi_frgnet.io.atomic import atomic_write
 
     if json_path is not None and not json_path.parent.is_dir():
         raise InputError(f"{json_path}: cannot write, folder {json_path.parent} does not exist")
 
     if baseline == "guide":
-        from wsi_frgnet.guide import guide_instances
+        from wsi_frgnet.model.guide import guide_instances
 
         segment = guide_instances
     else:
-        from wsi_frgnet.devices import resolve_device
-        from wsi_frgnet.inference import load_model
+        from wsi_frgnet.engine.devices import resolve_device
+        from wsi_frgnet.engine.inference import load_model
 
         segment = load_model(model_path, resolve_device(device), score_threshold, nms_threshold, guide_threshold).segment
     report = evaluate_folder(segment, data_dir, quiet=quiet)

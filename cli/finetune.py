@@ -15,26 +15,28 @@ from wsi_frgnet.cli.common import (
     quiet_option,
 )
 
-from wsi_frgnet.config import FREEZE_CHOICES
+from wsi_frgnet.config import FREEZE_CHOICES, FinetuneConfig
+
+_DEFAULTS = FinetuneConfig()
 
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @model_option
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Adapted model file to write.")
-@click.option("--freeze-all-but", "keep", default="guide", show_default=True,
+@click.option("--freeze-all-but", "keep", type=click.Choice(FREEZE_CHOICES), default=_DEFAULTS.keep, show_default=True,
               help="What stays trainable: guide (the Fourier guide head: the unlabelled setting), heads (all heads), "
                    "decoder (decoder and heads), none (train everything). Without annotations only 'guide' can learn.")
-@click.option("--tiles-per-slide", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--tiles-per-slide", type=click.IntRange(min=1), default=_DEFAULTS.tiles_per_slide, show_default=True,
               help="Random tiles per input (seeded): tissue tiles, or tiles overlapping the annotations.")
-@click.option("--tile-size", type=int, default=256, show_default=True, help="Tile side, px at the model's resolution (multiple of 32).")
-@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--learning-rate", type=float, default=1e-4, show_default=True,
+@click.option("--tile-size", type=int, default=_DEFAULTS.tile_size, show_default=True, help="Tile side, px at the model's resolution (multiple of 32).")
+@click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS.epochs, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True)
+@click.option("--learning-rate", type=float, default=_DEFAULTS.learning_rate, show_default=True,
               help="AdamW peak rate. 1e-3 degraded the guide in our domain-shift experiment (docs/RESULTS.md).")
 @mpp_option("µm/px of the inputs, overriding (or replacing missing) metadata.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes.")
+@click.option("--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=_DEFAULTS.workers, show_default=True, help="Data-loading processes.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run whose state lies beside --output.")
 @device_option
 @quiet_option
@@ -61,19 +63,16 @@ def finetune(inputs: tuple[Path, ...], model_path: Path, output: Path, keep: str
     files and the tiles it saw.
     """
     configure_logging(quiet)
-    if keep not in FREEZE_CHOICES:
-        raise click.BadParameter(f"{keep!r}: choose one of {', '.join(FREEZE_CHOICES)}", param_hint="--freeze-all-but")
-    from wsi_frgnet.config import TrainingConfig
-    from wsi_frgnet.devices import resolve_device
+    from wsi_frgnet.engine.devices import resolve_device
+    from wsi_frgnet.engine.inference import load_model
     from wsi_frgnet.errors import InputError
-    from wsi_frgnet.finetune import finetune as adapt
-    from wsi_frgnet.finetune import sample_tiles
-    from wsi_frgnet.inference import load_model
-    from wsi_frgnet.training import TrainingRun
+    from wsi_frgnet.train.finetune import finetune as adapt
+    from wsi_frgnet.train.finetune import sample_tiles
+    from wsi_frgnet.train.loop import TrainingRun
 
     try:
-        training = TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup_epochs=0.5,
-                                  crop_size=tile_size, seed=seed, workers=workers, validate_every=epochs)
+        settings = FinetuneConfig(keep=keep, tiles_per_slide=tiles_per_slide, tile_size=tile_size, epochs=epochs,
+                                  batch_size=batch_size, learning_rate=learning_rate, seed=seed, workers=workers)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     if not output.parent.is_dir():
@@ -82,7 +81,7 @@ def finetune(inputs: tuple[Path, ...], model_path: Path, output: Path, keep: str
     sample = sample_tiles(list(inputs), model, tiles_per_slide, tile_size, seed, mpp)
     checkpoint = model.checkpoint
     run = TrainingRun(
-        output=output, model_config=checkpoint.model_config, training=training, postprocess=checkpoint.postprocess,
+        output=output, model_config=checkpoint.model_config, training=settings.training(), postprocess=checkpoint.postprocess,
         microns_per_pixel=checkpoint.microns_per_pixel, mean=checkpoint.mean, std=checkpoint.std, device=resolve_device(device), resume=resume, quiet=quiet,
         provenance={"command": " ".join(["frgnet-wsi", *sys.argv[1:]])},
     )

@@ -15,19 +15,19 @@ from wsi_frgnet.cli.common import (
     device_option,
     handles_user_errors,
     mpp_option,
+    precision_option,
     quiet_option,
     threshold_options,
 )
 
 from wsi_frgnet.config import SegmentConfig
-
-_SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
+from wsi_frgnet.io.geojson import is_geojson
 
 
 def _output_paths(slides: tuple[Path, ...], output: Path, gzip: bool) -> tuple[list[Path], bool]:
     """(one output per slide, whether OUTPUT is a folder). OUTPUT itself for a single slide
     when it is named like a GeoJSON file; else OUTPUT/<slide stem>.geojson[.gz]."""
-    named_as_file = output.name.lower().endswith(_SUFFIXES) and not output.is_dir()
+    named_as_file = is_geojson(output) and not output.is_dir()
     if named_as_file:
         if len(slides) > 1:
             raise click.BadParameter(f"{output} names one file, but {len(slides)} slides were given: give a folder", param_hint="--output")
@@ -50,15 +50,14 @@ def _output_paths(slides: tuple[Path, ...], output: Path, gzip: bool) -> tuple[l
 @click.option("--roi", nargs=4, type=int, metavar="X Y W H",
               help="Only this rectangle: level-0 px in the output's frame (QuPath's: relative to the slide bounds unless --no-bounds-offset).")
 @click.option("--roi-geojson", type=click.Path(path_type=Path), help="Only inside these QuPath annotations (exported GeoJSON).")
-@click.option("--tissue-mask/--no-tissue-mask", default=True, show_default=True, help="Skip glass, found on a low-resolution thumbnail.")
+@click.option("--tissue-mask/--no-tissue-mask", default=SegmentConfig.tissue_mask, show_default=True, help="Skip glass, found on a low-resolution thumbnail.")
 @click.option("--tile-size", type=int, default=SegmentConfig.tile_size, show_default=True, help="Network tile side, px at the model's resolution.")
 @click.option("--context", "--overlap", "context", type=int, default=SegmentConfig.context, show_default=True,
               help="Overlap on each tile side, px at the model's resolution; must exceed the largest nucleus.")
 @click.option("--batch-size", type=int, default=SegmentConfig.batch_size, show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16, else fp32.")
+@precision_option(SegmentConfig.precision, "auto: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16, else fp32.")
 @click.option("--threads", type=int, default=SegmentConfig.reader_threads, show_default=True, help="Slide-reading threads.")
-@click.option("--bounds-offset/--no-bounds-offset", default=True, show_default=True,
+@click.option("--bounds-offset/--no-bounds-offset", default=SegmentConfig.subtract_bounds, show_default=True,
               help="Subtract the slide's OpenSlide bounds from coordinates, as QuPath does.")
 @click.option("--gzip", is_flag=True, help="With a folder output: write .geojson.gz files.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that exist (otherwise those slides are skipped).")
@@ -77,10 +76,10 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
     the end and the exit status is non-zero.
     """
     configure_logging(quiet)
-    from wsi_frgnet.devices import resolve_device
+    from wsi_frgnet.engine.devices import resolve_device
+    from wsi_frgnet.engine.inference import default_model_path, load_model
+    from wsi_frgnet.engine.pipeline import segment_slide
     from wsi_frgnet.errors import InputError
-    from wsi_frgnet.inference import default_model_path, load_model
-    from wsi_frgnet.pipeline import segment_slide
 
     try:
         config = SegmentConfig(tile_size=tile_size, context=context, batch_size=batch_size, tissue_mask=tissue_mask, roi=roi,

@@ -11,10 +11,11 @@ from wsi_frgnet.cli.common import (
     device_option,
     handles_user_errors,
     mpp_option,
+    precision_option,
     quiet_option,
 )
 
-from wsi_frgnet.config import GUIDE_MODES, ModelConfig, TrainingConfig
+from wsi_frgnet.config import GUIDE_MODES, ModelConfig, TrainingConfig, default_guide_mode
 
 _DEFAULTS = TrainingConfig()
 
@@ -36,19 +37,20 @@ _DEFAULTS = TrainingConfig()
 @click.option("--architecture", type=click.Choice(["default", "tiny"]), default="default", show_default=True, help="Network size; tiny is for tests and smoke runs.")
 @click.option("--fourier-order", type=click.IntRange(min=1), default=None,
               help="Elliptic Fourier order of the contours (default: the architecture's, 12 for default).")
-@click.option("--keep-fraction", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
+@click.option("--keep-fraction", type=click.FloatRange(0.0, 1.0, min_open=True), default=_DEFAULTS.keep_fraction, show_default=True,
               help="Keep this seeded random share of each image's nuclei as annotations (weak supervision; implies --guide hard).")
 @click.option("--guide", type=click.Choice(GUIDE_MODES), default=None,
               help="Fourier guide target: soft (default), hard (default with --keep-fraction < 1), none turns the guide module off.")
-@click.option("--contrastive/--no-contrastive", default=True, show_default=True, help="Guide-based instance-level contrastive loss (GILC).")
-@click.option("--mixed-precision/--no-mixed-precision", default=True, show_default=True, help="bf16 autocast on CUDA.")
+@click.option("--contrastive/--no-contrastive", default=ModelConfig.contrastive, show_default=True, help="Guide-based instance-level contrastive loss (GILC).")
+@precision_option(_DEFAULTS.precision, "auto: bf16 on CUDA GPUs that compute it natively, else fp32 (fp16 runs with loss scaling).")
+@click.option("--mixed-precision/--no-mixed-precision", default=None, hidden=True, help="Old name: --no-mixed-precision is --precision fp32.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run whose state lies beside --output.")
 @device_option
 @quiet_option
 @handles_user_errors
 def train(data_dir: Path, output: Path, validation: Path | None, validation_fraction: float | None, epochs: int, batch_size: int,
           learning_rate: float, warmup_epochs: float, crop_size: int, mpp: float | None, seed: int, validate_every: int,
-          workers: int, architecture: str, fourier_order: int | None, keep_fraction: float, guide: str | None, contrastive: bool, mixed_precision: bool, resume: bool,
+          workers: int, architecture: str, fourier_order: int | None, keep_fraction: float, guide: str | None, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool,
           device: str, quiet: bool) -> None:
     """Train an FrGNet on DATA_DIR (images/ and labels/ with the same file stems).
 
@@ -56,19 +58,21 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
     metrics log (<output>.log.jsonl) and a resumable state (<output>.resume.pt).
     """
     configure_logging(quiet)
-    from wsi_frgnet.devices import resolve_device  # imports torch
-    from wsi_frgnet.training import TrainingRun, train_from_folder
+    from wsi_frgnet.engine.devices import resolve_device  # imports torch
+    from wsi_frgnet.train.loop import TrainingRun, train_from_folder
 
     try:
         base = ModelConfig.tiny() if architecture == "tiny" else ModelConfig()
         if guide is None:
-            guide = "hard" if keep_fraction < 1.0 else "soft"
+            guide = default_guide_mode(keep_fraction)
+        if mixed_precision is False:
+            precision = "fp32"
         model_config = ModelConfig(**{**vars(base), "guide": guide, "contrastive": contrastive,
                                       "fourier_order": fourier_order or base.fourier_order})
         training = TrainingConfig(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup_epochs=warmup_epochs,
             crop_size=crop_size, seed=seed, validate_every=validate_every, workers=workers,
-            mixed_precision=mixed_precision, keep_fraction=keep_fraction,
+            precision=precision, keep_fraction=keep_fraction,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc

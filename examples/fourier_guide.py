@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_frgnet.guide import fourier_guide
-from wsi_frgnet.images import write_png
+from wsi_frgnet.io.images import write_png
+from wsi_frgnet.model.guide import fourier_guide
 from wsi_frgnet.synthetic import synthetic_nuclei
 
 rgb, labels = synthetic_nuclei(256, 256, seed=1)

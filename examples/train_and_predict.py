@@ -7,11 +7,11 @@ import tempfile
 from pathlib import Path
 
 from wsi_frgnet.config import ModelConfig, PostprocessConfig, TrainingConfig
-from wsi_frgnet.images import write_label_map, write_png
-from wsi_frgnet.inference import load_model
-from wsi_frgnet.metrics import score_instances
+from wsi_frgnet.engine.inference import load_model
+from wsi_frgnet.eval.metrics import score_instances
+from wsi_frgnet.io.images import write_label_map, write_png
 from wsi_frgnet.synthetic import synthetic_nuclei
-from wsi_frgnet.training import TrainingRun, train_from_folder
+from wsi_frgnet.train.loop import TrainingRun, train_from_folder
 
 with tempfile.TemporaryDirectory() as folder:
     data = Path(folder) / "data"

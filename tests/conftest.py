@@ -14,7 +14,7 @@ from PIL import Image
 from wsi_frgnet.synthetic import synthetic_nuclei
 
 if TYPE_CHECKING:
-    from wsi_frgnet.training import TrainingRun
+    from wsi_frgnet.train.loop import TrainingRun
 
 MICRONS_PER_PIXEL = 0.25
 DATA_IMAGE_SIZE = 96
@@ -102,7 +102,7 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, session_data_dir: 
 def tiny_training_run(output: Path, epochs: int, **training: object) -> TrainingRun:
     """A quiet, fast training set-up of the tiny model (128 px crops, 0.25 µm/px)."""
     from wsi_frgnet.config import ModelConfig, PostprocessConfig, TrainingConfig
-    from wsi_frgnet.training import TrainingRun
+    from wsi_frgnet.train.loop import TrainingRun
 
     settings: dict = dict(epochs=epochs, batch_size=4, crop_size=128, learning_rate=0.01, workers=0, warmup_epochs=1,
                           validate_every=epochs)
@@ -121,8 +121,8 @@ def tiny_training_run(output: Path, epochs: int, **training: object) -> Training
 def overfitted_model(tmp_path_factory: pytest.TempPathFactory):
     """(run, image, summary): a tiny model trained on one 256 px synthetic image of ellipses
     until it segments it well (about 10 s on 2 cores). Its model file is ``run.output``."""
-    from wsi_frgnet.training import train
-    from wsi_frgnet.training_data import LabelledArray
+    from wsi_frgnet.train.crops import LabelledArray
+    from wsi_frgnet.train.loop import train
 
     rgb, labels = synthetic_nuclei(256, 256, seed=0)
     image = LabelledArray("ellipses", rgb, labels)

@@ -27,9 +27,9 @@ from PIL import Image
 from wsi_frgnet.cli.main import main
 
 from wsi_frgnet import __version__
-from wsi_frgnet.checkpoint import load_checkpoint
 from wsi_frgnet.config import ModelConfig
-from wsi_frgnet.inference import load_model
+from wsi_frgnet.engine.inference import load_model
+from wsi_frgnet.model.model_file import load_checkpoint
 
 TINY_CROP = 64
 assert TINY_CROP % 32 == 0 and TINY_CROP % ModelConfig.tiny().size_multiple == 0
@@ -568,12 +568,12 @@ def test_train_negative_seed(small_data: Path, tmp_path: Path) -> None:
 
 def test_failed_model_write_leaves_nothing(small_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A disk-full error while the model is written: a clean error, no model, no temp file."""
-    import wsi_frgnet.atomic
+    import wsi_frgnet.io.atomic
 
     def disk_full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(wsi_frgnet.atomic.os, "fsync", disk_full)
+    monkeypatch.setattr(wsi_frgnet.io.atomic.os, "fsync", disk_full)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     output = out_dir / "m.pt"
@@ -584,12 +584,12 @@ def test_failed_model_write_leaves_nothing(small_data: Path, tmp_path: Path, mon
 
 def test_interrupted_model_write_leaves_nothing(small_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C while the model file is being written: exit 130, no model, no temp file."""
-    import wsi_frgnet.atomic
+    import wsi_frgnet.io.atomic
 
     def interrupt(fd: int) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(wsi_frgnet.atomic.os, "fsync", interrupt)
+    monkeypatch.setattr(wsi_frgnet.io.atomic.os, "fsync", interrupt)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     output = out_dir / "m.pt"

@@ -1,4 +1,4 @@
-"""Tests for wsi_frgnet.dataset_folder: listing, manifest, pair loading, errors."""
+"""Tests for wsi_frgnet.io.data_folder: listing, manifest, pair loading, errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tifffile
 from conftest import raises_one_line_error as _raises
 from PIL import Image
 
-from wsi_frgnet.dataset_folder import (
+from wsi_frgnet.io.data_folder import (
     LabelledImage,
     find_images,
     list_labelled_images,
@@ -185,7 +185,7 @@ def test_list_ambiguous_labels_even_when_not_required(data_dir: Path) -> None:
 
 def test_list_orphan_labels_warned(data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     _save_image(data_dir / "labels" / "zz.png", _labels())
-    with caplog.at_level(logging.WARNING, logger="wsi_frgnet.dataset_folder"):
+    with caplog.at_level(logging.WARNING, logger="wsi_frgnet.io.data_folder"):
         items = list_labelled_images(data_dir)
     assert [i.name for i in items] == ["a", "b", "c"]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

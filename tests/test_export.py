@@ -14,16 +14,12 @@ import pytest
 import shapely
 from qupath_contract import assert_qupath_valid, validate_qupath_geojson
 
-from wsi_frgnet import export
-from wsi_frgnet.contours import trace_outline
+from wsi_frgnet.engine import export
+from wsi_frgnet.engine.export import ExportSettings, nucleus_feature, write_geojson
 from wsi_frgnet.errors import InputError
-from wsi_frgnet.export import (
-    ExportSettings,
-    nucleus_feature,
-    read_geojson_features,
-    write_geojson,
-)
-from wsi_frgnet.postprocess import Nucleus
+from wsi_frgnet.geometry.outlines import trace_outline
+from wsi_frgnet.io.geojson import read_features
+from wsi_frgnet.nucleus import Nucleus
 
 SETTINGS = ExportSettings(microns_per_pixel=0.25, slide_id="slide.svs:1000x800")
 
@@ -69,7 +65,7 @@ def test_written_features_pass_the_contract(tmp_path: Path, name: str) -> None:
     count = write_geojson(path, iter(hand_made_nuclei()), SETTINGS)
     assert count == 4
     assert_qupath_valid(path)
-    features = read_geojson_features(path)
+    features = read_features(path)
     assert len(features) == 4
     first = features[0]
     assert list(first) == ["type", "id", "geometry", "properties"]
@@ -292,7 +288,7 @@ def test_ids_are_deterministic_and_distinct(tmp_path: Path) -> None:
     write_geojson(first, hand_made_nuclei(), SETTINGS)
     write_geojson(second, hand_made_nuclei(), SETTINGS)
     assert first.read_bytes() == second.read_bytes()
-    ids = [f["id"] for f in read_geojson_features(first)]
+    ids = [f["id"] for f in read_features(first)]
     assert len(set(ids)) == len(ids)
     assert all(uuid.UUID(i).version == 5 for i in ids)
     other_slide = nucleus_feature(hand_made_nuclei()[0], ExportSettings(0.25, slide_id="other.svs:1000x800"))
@@ -328,7 +324,7 @@ def test_gzip_output_equals_plain_output(tmp_path: Path) -> None:
     assert write_geojson(zipped, hand_made_nuclei(), SETTINGS) == 4
     assert zipped.read_bytes()[:2] == b"\x1f\x8b"
     assert gzip.decompress(zipped.read_bytes()) == plain.read_bytes()
-    assert read_geojson_features(zipped) == read_geojson_features(plain)
+    assert read_features(zipped) == read_features(plain)
     assert b".tmp" not in zipped.read_bytes()[:64]  # gzip header names the output, not the temp file
 
 
@@ -383,17 +379,16 @@ def test_missing_folder_is_an_input_error(tmp_path: Path) -> None:
         write_geojson(tmp_path / "missing" / "cells.geojson", hand_made_nuclei(), SETTINGS)
 
 
-def test_read_geojson_features_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="cannot read"):
-        read_geojson_features(tmp_path / "absent.geojson")
+def test_read_features_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        read_features(tmp_path / "absent.geojson")
     broken = tmp_path / "broken.geojson.gz"
     broken.write_bytes(b"not gzip")
     with pytest.raises(InputError, match="broken.geojson.gz"):
-        read_geojson_features(broken)
+        read_features(broken)
 
 
-@pytest.mark.skipif("orjson" not in export.SERIALISERS, reason="orjson not installed")
-def test_json_and_orjson_write_identical_bytes(tmp_path: Path) -> None:
+def test_special_values_are_written_as_qupath_reads_them(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     nuclei = [
         Nucleus(disc_polygon(*rng.uniform(0, 90000, 2), rng.uniform(3, 15), 32), float(rng.uniform()), float(g))
@@ -401,12 +396,13 @@ def test_json_and_orjson_write_identical_bytes(tmp_path: Path) -> None:
     ]
     nuclei.append(Nucleus(square(-0.001, -0.004, 6.0), float("nan"), 1e-5))  # -0.0 after rounding, tiny values
     settings = ExportSettings(microns_per_pixel=0.2527, offset=(17.333, 3.0), slide_id="µ slide")
-    with_json, with_orjson = tmp_path / "json.geojson", tmp_path / "orjson.geojson"
-    assert export._write_features(with_json, nuclei, settings, serialiser="json") == 301
-    assert export._write_features(with_orjson, nuclei, settings, serialiser="orjson") == 301
-    assert with_json.read_bytes() == with_orjson.read_bytes()
-    assert b"-0.0," not in with_json.read_bytes()
-    assert_qupath_valid(with_json)
+    path = tmp_path / "special.geojson"
+    assert write_geojson(path, nuclei, settings) == 301
+    data = path.read_bytes()
+    assert b"-0.0," not in data and b"NaN," not in data.replace(b'"NaN"', b"")
+    guides = [f["properties"]["measurements"].get("Guide value") for f in read_features(path)]
+    assert "Infinity" in guides and 0.25 in guides and None in guides  # NaN guide: omitted
+    assert_qupath_valid(path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,10 +7,10 @@ from click.testing import CliRunner
 from slide_factory import write_pyramidal_tiff
 from wsi_frgnet.cli.main import main
 
-from wsi_frgnet.checkpoint import file_sha256, load_checkpoint
 from wsi_frgnet.config import SegmentConfig
-from wsi_frgnet.inference import load_model
-from wsi_frgnet.pipeline import segment_slide
+from wsi_frgnet.engine.inference import load_model
+from wsi_frgnet.engine.pipeline import segment_slide
+from wsi_frgnet.model.model_file import file_sha256, load_checkpoint
 from wsi_frgnet.synthetic import synthetic_nuclei
 
 FAST = ["--tiles-per-slide", "4", "--tile-size", "128", "--epochs", "2", "--batch-size", "2", "--learning-rate", "0.05", "--quiet"]

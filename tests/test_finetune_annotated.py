@@ -11,12 +11,12 @@ from conftest import raises_one_line_error, write_data_dir
 from slide_factory import write_pyramidal_tiff, write_tiff_with_bounds
 from wsi_frgnet.cli.main import main
 
-from wsi_frgnet.annotations import read_nuclei_and_regions
-from wsi_frgnet.checkpoint import file_sha256, load_checkpoint
-from wsi_frgnet.contours import trace_outline
-from wsi_frgnet.finetune import sample_tiles
-from wsi_frgnet.inference import load_model
+from wsi_frgnet.engine.inference import load_model
+from wsi_frgnet.geometry.outlines import trace_outline
+from wsi_frgnet.io.geojson import read_nuclei_and_regions
+from wsi_frgnet.model.model_file import file_sha256, load_checkpoint
 from wsi_frgnet.synthetic import BACKGROUND_RGB, NUCLEUS_RGB, synthetic_nuclei
+from wsi_frgnet.train.finetune import sample_tiles
 
 FAST = ["--tiles-per-slide", "4", "--tile-size", "128", "--epochs", "2", "--batch-size", "2", "--learning-rate", "0.05", "--quiet"]
 HEADS = ("score_head.", "location_head.", "fourier_head.", "refinement_head.", "guide_head.", "projector.")

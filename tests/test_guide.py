@@ -1,12 +1,12 @@
-"""Tests for wsi_frgnet.guide: the training-free Fourier guide (METHOD.md §2)."""
+"""Tests for wsi_frgnet.model.guide: the training-free Fourier guide (METHOD.md §2)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from wsi_frgnet.guide import fourier_guide, guide_instances, guide_target
-from wsi_frgnet.metrics import score_instances
+from wsi_frgnet.eval.metrics import score_instances
+from wsi_frgnet.model.guide import fourier_guide, guide_instances, guide_target
 
 BACKGROUND = (235, 200, 225)  # pink eosin
 NUCLEUS = (80, 40, 140)  # dark purple haematoxylin

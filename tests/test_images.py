@@ -1,4 +1,4 @@
-"""Tests for wsi_frgnet.images: readers, writers, atomic writes, error messages."""
+"""Tests for wsi_frgnet.io.images: readers, writers, atomic writes, error messages."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tifffile
 from conftest import raises_one_line_error as _raises
 from PIL import Image
 
-from wsi_frgnet.images import (
+from wsi_frgnet.io.images import (
     IMAGE_SUFFIXES,
     read_label_map,
     read_rgb,

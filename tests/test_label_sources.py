@@ -12,19 +12,19 @@ from conftest import raises_one_line_error as _raises
 from PIL import Image
 from scipy import ndimage
 
-from wsi_frgnet.augment import dihedral
 from wsi_frgnet.config import ModelConfig, TargetConfig
-from wsi_frgnet.contours import trace_outline
-from wsi_frgnet.dataset_folder import (
+from wsi_frgnet.eval.metrics import score_instances
+from wsi_frgnet.geometry.outlines import trace_outline
+from wsi_frgnet.io.data_folder import (
     LabelledImage,
     geojson_label_map,
     list_labelled_images,
     load_pair,
     load_unknown,
 )
-from wsi_frgnet.metrics import score_instances
 from wsi_frgnet.synthetic import synthetic_nuclei
-from wsi_frgnet.training_data import LabelledArray, RandomCrops
+from wsi_frgnet.train.augment import dihedral
+from wsi_frgnet.train.crops import LabelledArray, RandomCrops
 
 HEIGHT, WIDTH = 96, 128
 SIDE = 128  # square images for crops equal to the image
@@ -164,7 +164,7 @@ def test_geojson_and_gzipped_geojson_are_ambiguous(tmp_path: Path, sample) -> No
         ({"type": "FeatureCollection", "features": []}, "no Polygon or MultiPolygon"),
         ({"type": "FeatureCollection", "features": [_feature({"type": "Point", "coordinates": [1, 2]})]}, "no Polygon"),
         ('{"type": "FeatureCollection", "features": [', "not valid JSON"),
-        (b"\xff\xfe not text", "cannot read"),
+        (b"\xff\xfe not text", "not valid JSON .*UTF-8"),
         ({"type": "Topology"}, "not GeoJSON"),
         ([1, 2], "expected GeoJSON objects"),
         ({"type": "Polygon", "coordinates": [[1, 2]]}, "malformed Polygon"),

@@ -1,4 +1,4 @@
-"""Tests for wsi_frgnet.losses (METHOD.md §3): score BCE, GILC InfoNCE and the full loss."""
+"""Tests for wsi_frgnet.model.losses (METHOD.md §3): score BCE, GILC InfoNCE and the full loss."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from wsi_frgnet.config import (
     ModelConfig,
     TargetConfig,
 )
-from wsi_frgnet.losses import frgnet_loss, guide_contrastive_loss, score_loss
 from wsi_frgnet.model.frgnet import FrgNet
-from wsi_frgnet.targets import build_targets
-from wsi_frgnet.training_data import collate
+from wsi_frgnet.model.losses import frgnet_loss, guide_contrastive_loss, score_loss
+from wsi_frgnet.train.crops import collate
+from wsi_frgnet.train.targets import build_targets
 
 # ------------------------------------------------------------------------ helpers
 

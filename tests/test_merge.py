@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import shapely
 
-from wsi_frgnet.merge import (
+from wsi_frgnet.engine.merge import (
     OWNERSHIP_TOLERANCE,
     BorderDeduplicator,
     keep_owned,
     scale,
     translate,
 )
-from wsi_frgnet.postprocess import Nucleus
-from wsi_frgnet.tiling import Tile, plan_tiles
+from wsi_frgnet.engine.tiling import Tile, plan_tiles
+from wsi_frgnet.nucleus import Nucleus
 
 REGION = (0, 0, 1000, 800)
 TILE_SIZE, CONTEXT = 256, 40  # core 176

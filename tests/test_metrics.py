@@ -1,11 +1,11 @@
-"""Tests for wsi_frgnet.metrics (PQ / DQ / SQ / AJI)."""
+"""Tests for wsi_frgnet.eval.metrics (PQ / DQ / SQ / AJI)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from wsi_frgnet.metrics import (
+from wsi_frgnet.eval.metrics import (
     InstanceScores,
     aggregated_jaccard_index,
     match_instances,

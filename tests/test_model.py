@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from wsi_frgnet.config import LossConfig, ModelConfig, TargetConfig
-from wsi_frgnet.losses import frgnet_loss
 from wsi_frgnet.model import FrgNet
+from wsi_frgnet.model.losses import frgnet_loss
 from wsi_frgnet.synthetic import synthetic_nuclei
-from wsi_frgnet.targets import build_targets
-from wsi_frgnet.training_data import collate
+from wsi_frgnet.train.crops import collate
+from wsi_frgnet.train.targets import build_targets
 
 
 def test_forward_shapes_of_tiny_config():

@@ -13,14 +13,15 @@ from qupath_contract import assert_qupath_valid
 from slide_factory import write_aperio_svs, write_pyramidal_tiff, write_tiff_with_bounds
 from wsi_frgnet.cli.main import main
 
-from wsi_frgnet import devices, pipeline
 from wsi_frgnet.config import SegmentConfig
-from wsi_frgnet.contours import polygons_to_label_map
+from wsi_frgnet.engine import devices, pipeline
+from wsi_frgnet.engine.inference import load_model
+from wsi_frgnet.engine.pipeline import segment_slide
+from wsi_frgnet.engine.planning import tissue_thumbnail_size
 from wsi_frgnet.errors import InputError
-from wsi_frgnet.export import read_geojson_features
-from wsi_frgnet.inference import load_model
-from wsi_frgnet.metrics import score_instances
-from wsi_frgnet.pipeline import segment_slide, tissue_thumbnail_size
+from wsi_frgnet.eval.metrics import score_instances
+from wsi_frgnet.io.geojson import read_features
+from wsi_frgnet.geometry.raster import polygons_to_label_map
 from wsi_frgnet.synthetic import synthetic_nuclei
 
 CMU_SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -40,7 +41,7 @@ def slide_image():
 
 
 def _label_map(path: Path, shape: tuple[int, int], offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-    polygons = [np.asarray(f["geometry"]["coordinates"][0]) - np.asarray(offset) for f in read_geojson_features(path)]
+    polygons = [np.asarray(f["geometry"]["coordinates"][0]) - np.asarray(offset) for f in read_features(path)]
     return polygons_to_label_map(polygons, shape)
 
 
@@ -49,7 +50,7 @@ def test_pyramidal_tiff_gives_every_nucleus_once_in_place(tmp_path, model, slide
     slide = write_pyramidal_tiff(tmp_path / "slide.tiff", rgb, mpp=0.25, levels=3)
     summary = segment_slide(slide, model, SMALL_TILES, tmp_path / "nuclei.geojson", quiet=True)
     assert_qupath_valid(tmp_path / "nuclei.geojson")
-    assert summary.nuclei == len(read_geojson_features(tmp_path / "nuclei.geojson"))
+    assert summary.nuclei == len(read_features(tmp_path / "nuclei.geojson"))
     scores = score_instances(labels, _label_map(tmp_path / "nuclei.geojson", labels.shape))
     assert scores.pq >= 0.8, scores
     assert scores.false_positives + scores.false_negatives <= 0.05 * labels.max()
@@ -87,7 +88,7 @@ def test_network_streams_do_not_change_the_output(tmp_path, model, slide_image, 
         output = tmp_path / f"{len(shares)}.geojson"
         segment_slide(slide, model, SMALL_TILES, output, quiet=True)
         outputs[len(shares)] = output.read_bytes()
-    assert len(read_geojson_features(tmp_path / "1.geojson")) > 10
+    assert len(read_features(tmp_path / "1.geojson")) > 10
     assert outputs[1] == outputs[3]
 
 
@@ -131,7 +132,7 @@ def test_roi_restricts_the_work(tmp_path, model, slide_image):
     roi = (100, 80, 200, 150)
     config = SegmentConfig(tile_size=128, context=32, roi=roi)
     summary = segment_slide(slide, model, config, tmp_path / "roi.geojson", quiet=True)
-    features = read_geojson_features(tmp_path / "roi.geojson")
+    features = read_features(tmp_path / "roi.geojson")
     assert 0 < summary.nuclei == len(features)
     for feature in features:
         ring = np.asarray(feature["geometry"]["coordinates"][0])
@@ -179,7 +180,7 @@ def test_an_interrupted_run_leaves_no_output(tmp_path, model, slide_image, monke
 
 
 def test_png_without_resolution_needs_mpp(tmp_path, model, slide_image):
-    from wsi_frgnet.images import write_png
+    from wsi_frgnet.io.images import write_png
 
     rgb, labels = slide_image
     write_png(tmp_path / "tile.png", rgb)
@@ -239,7 +240,7 @@ def test_cli_bad_input_is_one_line(tmp_path, overfitted_model, slide_image, monk
 
 
 def test_segment_without_model_or_default_is_a_clear_error(tmp_path, slide_image, monkeypatch):
-    import wsi_frgnet.inference as inference
+    import wsi_frgnet.engine.inference as inference
 
     monkeypatch.setattr(inference, "__file__", str(tmp_path / "inference.py"))
     slide = write_pyramidal_tiff(tmp_path / "slide.tiff", slide_image[0], mpp=0.25, levels=1)
@@ -264,7 +265,7 @@ def test_real_slide_with_the_shipped_default_model(tmp_path):
     result = CliRunner().invoke(main, ["segment", str(CMU_SLIDE), "-o", str(output), "--quiet"])
     assert result.exit_code == 0, result.output + result.stderr
     assert_qupath_valid(output)
-    assert len(read_geojson_features(output)) > 1000  # a densely cellular 2220 x 2967 px region
+    assert len(read_features(output)) > 1000  # a densely cellular 2220 x 2967 px region
 
 
 @pytest.mark.skipif(not CMU_SLIDE.is_file(), reason="shared test slide not present")

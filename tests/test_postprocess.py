@@ -1,4 +1,4 @@
-"""Tests for wsi_frgnet.postprocess: NMS and network outputs → nucleus polygons (METHOD.md §5)."""
+"""Tests for wsi_frgnet.engine.decode: NMS and network outputs → nucleus polygons (METHOD.md §5)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import shapely
 import torch
 
 from wsi_frgnet.config import ModelConfig, PostprocessConfig
+from wsi_frgnet.engine.decode import decode_nuclei
+from wsi_frgnet.geometry.boxes import box_nms
 from wsi_frgnet.model.frgnet import NetworkOutput
-from wsi_frgnet.postprocess import Nucleus, box_nms, decode_nuclei
+from wsi_frgnet.nucleus import Nucleus
 
 CONFIG = ModelConfig.tiny()  # K = 6, B = 4, S = 32, 2 refinement iterations
 SIZE = 64

@@ -20,7 +20,7 @@ from slide_factory import (
 )
 
 from wsi_frgnet.errors import InputError
-from wsi_frgnet.slide import (
+from wsi_frgnet.io.slide import (
     ImageSlide,
     OpenSlideSlide,
     open_slide,
@@ -131,7 +131,7 @@ def test_thumbnail_size_downsample_and_pixels(tiff_path: Path, pyramid) -> None:
 
 def test_thumbnail_reduces_in_chunks_from_a_single_level(tmp_path: Path, monkeypatch) -> None:
     """A one-level slide makes the thumbnail from level 0 in chunks without seams."""
-    import wsi_frgnet.slide as slide_module
+    import wsi_frgnet.io.slide as slide_module
 
     monkeypatch.setattr(slide_module, "_THUMBNAIL_CHUNK", 96)
     rgb = np.full((HEIGHT, WIDTH, 3), 200, np.uint8)

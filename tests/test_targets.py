@@ -1,19 +1,26 @@
-"""Tests for wsi_frgnet.targets.build_targets (METHOD.md §3 targets, §8 crop rules)."""
+"""Tests for wsi_frgnet.train.targets.build_targets (METHOD.md §3 targets, §8 crop rules)."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 from scipy import ndimage
 
 from wsi_frgnet.config import ModelConfig, TargetConfig
-from wsi_frgnet.contours import sample_fourier_contour
-from wsi_frgnet.targets import build_targets
+from wsi_frgnet.geometry.fourier import decode_contours
+from wsi_frgnet.train.targets import build_targets
 
 STRIDE = 4
 SIZE = 64
 CX, CY, A, B, ANGLE = 30.3, 33.6, 18.0, 10.0, 20.0
 
+
+
+def _decode(targets, samples: int) -> np.ndarray:
+    """(samples, 2) points of the first instance's Fourier target, decoded in float64."""
+    centres = torch.from_numpy(targets.centres[:1].astype(np.float64))
+    return decode_contours(centres, torch.from_numpy(targets.coefficients[:1].astype(np.float64)), samples)[0].numpy()
 
 def _ellipse(shape, cx, cy, a, b, angle_deg):
     """(mask of pixel centres inside, normalised radius rho at every pixel centre)."""
@@ -117,7 +124,7 @@ def test_instance_geometry(single):
     assert np.hypot(centre[0] - CX, centre[1] - CY) < 0.5
     # The Fourier contour encloses the ellipse's area (t runs with arc length, so the first
     # harmonic alone is not the ellipse; the full series is).
-    dense = sample_fourier_contour(t.centres[0].astype(np.float64), t.coefficients[0].astype(np.float64), 400)
+    dense = _decode(t, 400)
     x, y = dense[:, 0], dense[:, 1]
     area = 0.5 * abs(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
     assert area == pytest.approx(np.pi * A * B, rel=0.04)
@@ -131,7 +138,7 @@ def test_instance_geometry(single):
     assert (np.abs(rho - 1.0) < 0.75 / B).all()
     # Contour targets and Fourier targets share the parameterisation: the decoded Fourier
     # contour at t = i / S matches the contour target point by point.
-    decoded = sample_fourier_contour(t.centres[0].astype(np.float64), t.coefficients[0].astype(np.float64), config.contour_points)
+    decoded = _decode(t, config.contour_points)
     assert np.abs(decoded - contour).max() < 1.0
 
 

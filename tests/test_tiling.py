@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsi_frgnet.tiling import Tile, owns, plan_tiles, rect_to_level0, region_to_working
+from wsi_frgnet.engine.tiling import (
+    Tile,
+    owns,
+    plan_tiles,
+    rect_to_level0,
+    region_to_working,
+)
 
 REGIONS = [
     (0, 0, 1000, 800),  # not divisible by the core

@@ -12,15 +12,15 @@ import shapely
 from conftest import synthetic_image
 from shapely import affinity
 
-from wsi_frgnet.errors import InputError
-from wsi_frgnet.tiling import plan_tiles
-from wsi_frgnet.tissue import (
+from wsi_frgnet.engine.tiling import plan_tiles
+from wsi_frgnet.engine.tissue import (
     otsu_threshold,
     region_mask_from_geojson,
     tiles_in_polygons,
     tiles_with_tissue,
     tissue_mask,
 )
+from wsi_frgnet.errors import InputError
 
 GLASS = (243, 243, 241)
 

@@ -7,15 +7,15 @@ import pytest
 import torch
 from conftest import tiny_training_run as _run
 
-from wsi_frgnet import training as training_module
-from wsi_frgnet.checkpoint import load_checkpoint
 from wsi_frgnet.config import ModelConfig, PostprocessConfig, TargetConfig
+from wsi_frgnet.engine.inference import load_model, predict_image
 from wsi_frgnet.errors import InputError
-from wsi_frgnet.inference import load_model, predict_image
-from wsi_frgnet.metrics import score_instances
+from wsi_frgnet.eval.metrics import score_instances
+from wsi_frgnet.model.model_file import load_checkpoint
 from wsi_frgnet.synthetic import synthetic_nuclei
-from wsi_frgnet.training import learning_rate_factor, train
-from wsi_frgnet.training_data import LabelledArray, RandomCrops
+from wsi_frgnet.train import loop as training_module
+from wsi_frgnet.train.crops import LabelledArray, RandomCrops
+from wsi_frgnet.train.loop import learning_rate_factor, train
 
 
 def test_tiny_model_overfits_one_image(overfitted_model):

@@ -4,10 +4,10 @@ import numpy as np
 import torch
 
 from wsi_frgnet.config import ModelConfig, TargetConfig
-from wsi_frgnet.losses import score_loss
+from wsi_frgnet.model.losses import score_loss
 from wsi_frgnet.synthetic import synthetic_nuclei
-from wsi_frgnet.targets import build_targets
-from wsi_frgnet.training_data import LabelledArray, RandomCrops, kept_instances
+from wsi_frgnet.train.crops import LabelledArray, RandomCrops, kept_instances
+from wsi_frgnet.train.targets import build_targets
 
 
 def test_kept_instances_are_seeded_and_keep_the_requested_share():

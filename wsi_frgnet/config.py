@@ -7,9 +7,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")  # see engine.devices.autocast_dtype
 GuideMode = Literal["soft", "hard", "none"]
 GUIDE_MODES: tuple[str, ...] = ("soft", "hard", "none")
-# What ``finetune --freeze-all-but`` may leave trainable (see wsi_frgnet.finetune.trainable_modules).
+# What ``finetune --freeze-all-but`` may leave trainable (see wsi_frgnet.train.finetune.trainable_modules).
 FREEZE_CHOICES: tuple[str, ...] = ("guide", "heads", "decoder", "none")
 
 # Per-channel mean / std of RGB in [0, 1] used to normalise network input (H&E-typical values).
@@ -79,6 +80,12 @@ class ModelConfig:
         )
         base.update(overrides)
         return cls(**base)
+
+
+def default_guide_mode(keep_fraction: float) -> GuideMode:
+    """The guide target a training run uses unless told otherwise: the hard (binarised) guide
+    when only a share of the nuclei is annotated (METHOD.md §4), else the soft one."""
+    return "hard" if keep_fraction < 1.0 else "soft"
 
 
 @dataclass(frozen=True)
@@ -154,7 +161,7 @@ class TrainingConfig:
     seed: int = 0
     validate_every: int = 1  # epochs between validation passes
     workers: int = 2  # data-loading processes
-    mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    precision: str = "auto"  # auto: bf16 on CUDA GPUs with native bf16, else fp32 (engine.devices)
     keep_fraction: float = 1.0  # share of each image's nuclei kept as annotations (weak supervision)
 
     def __post_init__(self) -> None:
@@ -168,9 +175,8 @@ class TrainingConfig:
             raise ValueError("workers and seed must not be negative")
         if self.crop_size < 32 or self.crop_size % 32:
             raise ValueError("crop_size must be a positive multiple of 32")
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {PRECISIONS}")
 
 
 @dataclass(frozen=True)
@@ -202,3 +208,33 @@ class SegmentConfig:
             raise ValueError("--batch-size and reader threads must be at least 1")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {PRECISIONS}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """What ``finetune`` samples from a lab's inputs and how it trains on them."""
+
+    keep: str = "guide"  # what stays trainable (FREEZE_CHOICES); the rest is frozen
+    tiles_per_slide: int = 64  # random tiles per input (seeded)
+    tile_size: int = 256  # tile side, px at the model's resolution
+    epochs: int = 5
+    batch_size: int = 8
+    learning_rate: float = 1e-4  # AdamW peak; 1e-3 degraded the guide (docs/RESULTS.md)
+    warmup_epochs: float = 0.5
+    seed: int = 0
+    workers: int = 0  # data-loading processes
+
+    def __post_init__(self) -> None:
+        if self.keep not in FREEZE_CHOICES:
+            raise ValueError(f"--freeze-all-but {self.keep}: choose one of {', '.join(FREEZE_CHOICES)}")
+        if self.tiles_per_slide < 1:
+            raise ValueError("--tiles-per-slide must be at least 1")
+        self.training()  # the remaining checks
+
+    def training(self) -> TrainingConfig:
+        """The optimisation schedule (validation, if any, after the last epoch)."""
+        return TrainingConfig(
+            epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+            warmup_epochs=self.warmup_epochs, crop_size=self.tile_size, seed=self.seed, workers=self.workers,
+            validate_every=self.epochs,
+        )

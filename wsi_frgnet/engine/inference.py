@@ -1,0 +1,119 @@
+"""Whole-image inference: an RGB array in, nuclei (and the predicted guide) out.
+
+For images that fit in memory at once (training crops, validation images, tiles); whole
+slides are tiled by the slide pipeline, which calls the same network and post-processing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from wsi_frgnet.config import PostprocessConfig
+from wsi_frgnet.engine.decode import decode_nuclei
+from wsi_frgnet.errors import InputError
+from wsi_frgnet.geometry.raster import polygons_to_label_map
+from wsi_frgnet.model import FrgNet
+from wsi_frgnet.model.model_file import ModelCheckpoint, load_checkpoint
+from wsi_frgnet.nucleus import Nucleus
+
+
+@dataclass
+class ImagePrediction:
+    """Nuclei of one image (highest score first) and its guide map (H, W) in [0, 1] or None."""
+
+    nuclei: list[Nucleus]
+    guide: np.ndarray | None
+    shape: tuple[int, int]
+
+    def label_map(self) -> np.ndarray:
+        """Instance label map (int32, 0 background); higher-scoring nuclei win overlaps."""
+        return polygons_to_label_map([n.polygon for n in self.nuclei], self.shape)
+
+
+def images_to_tensor(
+    images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str
+) -> torch.Tensor:
+    """(B, H, W, 3) uint8 → normalised (B, 3, H, W) float32 on ``device``, dense NCHW."""
+    tensor = torch.from_numpy(np.require(images, np.uint8, ['C', 'W'])).to(device).permute(0, 3, 1, 2).float() / 255.0
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    return ((tensor - mean_t) / std_t).contiguous()
+
+
+def pad_with_glass(rgb: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad (H, W, 3) uint8 at the bottom / right with white (empty glass, as slide tiles are
+    padded outside the slide) up to multiples of ``multiple``."""
+    height, width = rgb.shape[:2]
+    return np.pad(rgb, ((0, -height % multiple), (0, -width % multiple), (0, 0)), constant_values=255)
+
+
+@torch.no_grad()
+def predict_image(
+    model: FrgNet,
+    rgb: np.ndarray,
+    postprocess: PostprocessConfig,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    autocast_dtype: torch.dtype | None = None,
+) -> ImagePrediction:
+    """Segment one (H, W, 3) uint8 image in a single network pass (model in eval mode)."""
+    device = next(model.parameters()).device
+    height, width = rgb.shape[:2]
+    tensor = images_to_tensor(pad_with_glass(rgb, model.config.size_multiple)[None], mean, std, device)
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        output = model(tensor)
+    nuclei, guide = decode_nuclei(output, 0, model.config, postprocess, valid_size=(height, width))
+    if guide is not None:  # stride 2 → image resolution
+        full = F.interpolate(torch.from_numpy(guide)[None, None], scale_factor=2, mode="bilinear", align_corners=False)
+        guide = full[0, 0, :height, :width].numpy()
+    return ImagePrediction(nuclei=nuclei, guide=guide, shape=(height, width))
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with the normalisation and thresholds it was stored with."""
+
+    network: FrgNet
+    checkpoint: ModelCheckpoint
+    postprocess: PostprocessConfig
+
+    def predict(self, rgb: np.ndarray) -> ImagePrediction:
+        return predict_image(self.network, rgb, self.postprocess, self.checkpoint.mean, self.checkpoint.std)
+
+    def segment(self, rgb: np.ndarray) -> np.ndarray:
+        """Instance label map (H, W) int32 of an RGB image."""
+        return self.predict(rgb).label_map()
+
+
+def load_model(
+    path: Path,
+    device: torch.device | str = "cpu",
+    score_threshold: float | None = None,
+    nms_threshold: float | None = None,
+    guide_threshold: float | None = None,
+) -> LoadedModel:
+    """Load a model file for inference; thresholds left as None keep the checkpoint's values."""
+    checkpoint = load_checkpoint(Path(path))
+    overrides = {
+        name: value
+        for name, value in (
+            ("score_threshold", score_threshold),
+            ("nms_threshold", nms_threshold),
+            ("guide_threshold", guide_threshold),
+        )
+        if value is not None
+    }
+    return LoadedModel(checkpoint.build_model(device), checkpoint, replace(checkpoint.postprocess, **overrides))
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the package; InputError when this installation has none."""
+    path = Path(__file__).parents[1] / "weights" / "default.pt"
+    if not path.is_file():
+        raise InputError("no --model given and this installation ships no default model; pass --model PATH")
+    return path

@@ -1,0 +1,215 @@
+"""Whole-slide segmentation: slide → tiles → model → polygons → merge → GeoJSON.
+
+Frames: tiles are planned (:mod:`~wsi_frgnet.engine.planning`) and merged in working px, the
+pixels of the model's resolution; nuclei leave this module in level-0 px of the slide.
+
+Reading tiles (threads), the network (CPU: one stream per share of the cores, each also
+post-processing its batches; CUDA: one stream and a post-processing thread) and merging and
+writing (the caller's thread) overlap, with a bounded number of batches in flight, so memory
+stays bounded whatever the slide size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from shapely import Point
+from tqdm.auto import tqdm
+
+from wsi_frgnet.config import SegmentConfig
+from wsi_frgnet.engine.decode import decode_nuclei
+from wsi_frgnet.engine.devices import (
+    autocast_dtype,
+    network_executor,
+    network_thread_shares,
+)
+from wsi_frgnet.engine.export import ExportSettings, write_geojson
+from wsi_frgnet.engine.inference import LoadedModel, images_to_tensor
+from wsi_frgnet.engine.merge import (
+    OWNERSHIP_TOLERANCE,
+    BorderDeduplicator,
+    keep_owned,
+    scale,
+    translate,
+)
+from wsi_frgnet.engine.planning import SlidePlan, output_offset, plan_slide, read_tile
+from wsi_frgnet.engine.tiling import Tile
+from wsi_frgnet.geometry.outlines import stacked_by_length
+from wsi_frgnet.io.slide import open_slide, require_microns_per_pixel
+from wsi_frgnet.nucleus import Nucleus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentSummary:
+    """What one slide cost and gave."""
+
+    slide: Path
+    nuclei: int = 0
+    tiles: int = 0
+    tissue_area_mm2: float = 0.0
+    seconds: float = 0.0
+    oversized: int = 0  # nuclei reaching further than the context from their centre
+    output: Path | None = None
+
+
+class _TileResults:
+    """Post-processing of one batch: network outputs → owned nuclei per tile (working px)."""
+
+    def __init__(self, model: LoadedModel, plan: SlidePlan, config: SegmentConfig) -> None:
+        self.model, self.plan, self.config = model, plan, config
+
+    def __call__(self, tiles: list[Tile], output) -> tuple[list[tuple[Tile, list[Nucleus]]], int]:
+        """(tile, owned nuclei) per tile, and how many of them are oversized."""
+        results, oversized = [], 0
+        for index, tile in enumerate(tiles):
+            nuclei, _ = decode_nuclei(output, index, self.model.network.config, self.model.postprocess, region=_owned_region(tile))
+            owned = keep_owned(translate(nuclei, *tile.read[:2]), tile)
+            oversized += _count_oversized(owned, self.config.context)
+            if self.plan.roi_polygons:
+                owned = [n for n in owned if _inside_any(n, self.plan.roi_polygons)]
+            results.append((tile, owned))
+        return results, oversized
+
+
+def _owned_region(tile: Tile) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) px of the tile's read window where the centroids it may own lie: its
+    core grown by the ownership tolerance (:func:`~wsi_frgnet.engine.merge.keep_owned` decides)."""
+    x, y, width, height = tile.core
+    left, top = x - tile.read[0] - OWNERSHIP_TOLERANCE, y - tile.read[1] - OWNERSHIP_TOLERANCE
+    return left, top, left + width + 2 * OWNERSHIP_TOLERANCE, top + height + 2 * OWNERSHIP_TOLERANCE
+
+
+def _count_oversized(nuclei: list[Nucleus], context: int) -> int:
+    """How many nuclei extend further than ``context`` px (along x or y) from their centre
+    (the mean of their vertices). Their tile owns the centre, so such a reach can take them past
+    the tile's read window."""
+    count = 0
+    for _, rings in stacked_by_length([nucleus.polygon[:-1] for nucleus in nuclei]):
+        reach = np.abs(rings - rings.mean(axis=1, keepdims=True)).max(axis=(1, 2))
+        count += int((reach > context).sum())
+    return count
+
+
+def _inside_any(nucleus: Nucleus, polygons: list) -> bool:
+    point = Point(*nucleus.centroid)
+    return any(polygon.covers(point) for polygon in polygons)
+
+
+def iterate_nuclei(
+    plan: SlidePlan,
+    model: LoadedModel,
+    config: SegmentConfig,
+    progress: tqdm | None = None,
+    summary: SegmentSummary | None = None,
+) -> Iterator[Nucleus]:
+    """Every nucleus of the planned tiles, once, in level-0 px, streamed tile row by tile row.
+
+    Close the generator (or exhaust it) before closing the slide: closing it stops the
+    reading threads. With ``summary``, the count of oversized nuclei is recorded there instead
+    of being logged.
+    """
+    network = model.network
+    device = next(network.parameters()).device
+    dtype = autocast_dtype(config.precision, device)
+    checkpoint = model.checkpoint
+    deduplicator = BorderDeduplicator()
+    postprocess = _TileResults(model, plan, config)
+    tiles_left = iter(plan.tiles)
+    shares = network_thread_shares(device)
+    readers = ThreadPoolExecutor(config.reader_threads, thread_name_prefix="read")
+    engine = network_executor(shares)
+    # On CPU each stream post-processes its own batches; on CUDA a thread of its own does,
+    # so that the next batch reaches the GPU meanwhile.
+    post = ThreadPoolExecutor(1, thread_name_prefix="post") if device.type != "cpu" else None
+    in_flight: deque[Future] = deque()  # per batch, in tile order: network job → post-processing job
+    depth = max(len(shares) + 2, 2 * config.reader_threads // config.batch_size + 1)
+    emitted = oversized = 0
+
+    def run_network(tiles: list[Tile], reads: list[Future]) -> Future:
+        pixels = np.stack([read.result() for read in reads])
+        tensor = images_to_tensor(pixels, checkpoint.mean, checkpoint.std, device).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            output = network(tensor)
+        if post is not None:
+            return post.submit(postprocess, tiles, output)
+        done: Future = Future()
+        done.set_result(postprocess(tiles, output))
+        return done
+
+    try:
+        while True:
+            while len(in_flight) < depth and (batch := list(islice(tiles_left, config.batch_size))):
+                in_flight.append(engine.submit(run_network, batch, [readers.submit(read_tile, plan, tile) for tile in batch]))
+            if not in_flight:
+                break
+            # Merging and writing (the caller's work between items) overlap with the network.
+            results, batch_oversized = in_flight.popleft().result().result()
+            oversized += batch_oversized
+            for tile, owned in results:
+                final = deduplicator.add(tile, owned)
+                emitted += len(final)
+                yield from scale(final, plan.factor)
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(nuclei=emitted, refresh=False)
+    finally:
+        # Also on errors and early close: no thread may touch the slide after this returns.
+        for executor in (readers, engine, post):
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+    yield from scale(deduplicator.flush(), plan.factor)
+    if summary is not None:
+        summary.oversized = oversized
+    elif oversized:
+        _warn_oversized(oversized, config)
+
+
+def _warn_oversized(count: int, config: SegmentConfig) -> None:
+    logger.warning(
+        "%d nuclei are larger than the tile context (%d px at the model's resolution) and may be cut at tile borders: "
+        "raise --context",
+        count,
+        config.context,
+    )
+
+
+def segment_slide(
+    path: Path,
+    model: LoadedModel,
+    config: SegmentConfig,
+    output: Path,
+    microns_per_pixel: float | None = None,
+    quiet: bool = False,
+) -> SegmentSummary:
+    """Segment one slide into a QuPath GeoJSON file (atomic; ``.gz`` suffix: gzip)."""
+    started = time.monotonic()
+    with open_slide(Path(path), microns_per_pixel) as slide:
+        plan = plan_slide(slide, model, config)
+        slide_mpp = require_microns_per_pixel(slide)
+        settings = ExportSettings(
+            microns_per_pixel=slide_mpp,
+            offset=output_offset(slide, config),
+            slide_id=f"{Path(path).name}:{slide.dimensions[0]}x{slide.dimensions[1]}",
+        )
+        summary = SegmentSummary(slide=Path(path), tiles=len(plan.tiles), tissue_area_mm2=plan.area_mm2, output=Path(output))
+        with tqdm(total=len(plan.tiles), desc=Path(path).name, unit="tile", disable=quiet) as progress:
+            nuclei = iterate_nuclei(plan, model, config, progress, summary)
+            try:
+                summary.nuclei = write_geojson(output, nuclei, settings)
+            finally:
+                nuclei.close()
+    if summary.oversized:
+        _warn_oversized(summary.oversized, config)
+    summary.seconds = time.monotonic() - started
+    return summary

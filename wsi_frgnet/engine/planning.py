@@ -1,0 +1,133 @@
+"""Where and how to read a slide at the model's resolution: the tile plan, and reading a tile.
+
+Frames: *level-0 px* are the slide's full-resolution pixels; *working px* are pixels at the
+model's own resolution (its training µm/px). One working px spans ``factor`` level-0 px, with
+``factor = model µm/px ÷ slide µm/px``. Used by ``segment`` (the pipeline) and by fine-tuning,
+so that both see exactly the same tiles.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import shapely
+from PIL import Image
+from shapely import affinity
+
+from wsi_frgnet.config import SegmentConfig
+from wsi_frgnet.engine.inference import LoadedModel
+from wsi_frgnet.engine.tiling import Tile, plan_tiles, region_to_working
+from wsi_frgnet.engine.tissue import (
+    region_mask_from_geojson,
+    tiles_in_polygons,
+    tiles_with_tissue,
+    tissue_mask,
+)
+from wsi_frgnet.errors import InputError
+from wsi_frgnet.io.slide import Slide, require_microns_per_pixel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SlidePlan:
+    """Where and how to read a slide at the model's resolution."""
+
+    slide: Slide
+    factor: float  # level-0 px per working px
+    level: int  # pyramid level read
+    tiles: list[Tile]
+    roi_polygons: list = field(default_factory=list)  # shapely polygons in working px
+    area_mm2: float = 0.0  # tissue (or region) area the tiles cover
+
+
+def _clip(rect: tuple[float, float, float, float], bounds: tuple[int, int, int, int]) -> tuple[float, float, float, float] | None:
+    """Intersection of two (x, y, width, height) rectangles, or None when they do not overlap."""
+    x0, y0 = max(rect[0], bounds[0]), max(rect[1], bounds[1])
+    x1, y1 = min(rect[0] + rect[2], bounds[0] + bounds[2]), min(rect[1] + rect[3], bounds[1] + bounds[3])
+    return (x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
+
+
+def output_offset(slide: Slide, config: SegmentConfig) -> tuple[float, float]:
+    """Level-0 px subtracted from output coordinates: OpenSlide's bounds when asked (QuPath's frame)."""
+    return (float(slide.bounds[0]), float(slide.bounds[1])) if config.subtract_bounds else (0.0, 0.0)
+
+
+def tissue_thumbnail_size(
+    dimensions: tuple[int, int],
+    microns_per_pixel: float,
+    config: SegmentConfig,
+    level_dimensions: tuple[tuple[int, int], ...] = (),
+) -> int:
+    """Longer side (px) of the thumbnail the tissue mask is computed on: the slide at
+    ``config.tissue_microns_per_pixel``, kept between 256 px and ``config.thumbnail_size``; or,
+    when a pyramid level is up to 2x coarser than that (and at least 256 px), that level's
+    longer side, so that the level is read as it is, without resampling a larger one."""
+    at_resolution = math.ceil(max(dimensions) * microns_per_pixel / config.tissue_microns_per_pixel)
+    size = min(config.thumbnail_size, max(256, at_resolution))
+    level_sides = [max(level) for level in level_dimensions if max(size / 2, 256) <= max(level) <= size]
+    return max(level_sides, default=size)
+
+
+def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> SlidePlan:
+    """Tiles (in working px) covering the slide's tissue, ROI or bounds."""
+    slide_mpp = require_microns_per_pixel(slide)
+    model_mpp = model.checkpoint.microns_per_pixel
+    if model_mpp is None:
+        logger.warning("the model does not record its µm/px: segmenting at the slide's own resolution")
+        model_mpp = slide_mpp
+    multiple = model.network.config.size_multiple
+    if config.tile_size % multiple:
+        raise InputError(f"--tile-size {config.tile_size}: this model needs a multiple of {multiple}")
+    factor = model_mpp / slide_mpp
+    level = slide.best_level_for_downsample(factor)
+    # ROIs are given in the output's frame: level-0 px minus the bounds offset when it is on.
+    offset = output_offset(slide, config)
+    if config.roi is not None:
+        x, y, width, height = config.roi
+        if width <= 0 or height <= 0:
+            raise InputError(f"--roi {' '.join(map(str, config.roi))}: width and height must be positive")
+        region_level0 = _clip((x + offset[0], y + offset[1], width, height), slide.bounds)
+        if region_level0 is None:
+            raise InputError(f"--roi {' '.join(map(str, config.roi))}: lies outside the slide {slide.path}")
+    else:
+        region_level0 = slide.bounds
+    tiles = plan_tiles(region_to_working(region_level0, factor), config.tile_size, config.context)
+    roi_polygons = []
+    if config.roi_geojson is not None:
+        polygons = region_mask_from_geojson(config.roi_geojson, offset=offset)
+        roi_polygons = [affinity.scale(p, 1 / factor, 1 / factor, origin=(0, 0)) for p in polygons]
+        for polygon in roi_polygons:
+            shapely.prepare(polygon)
+        tiles = tiles_in_polygons(tiles, roi_polygons)
+    # Area of the work, mm²: the tissue found, else the region's tile cores.
+    area_mm2 = sum(t.core[2] * t.core[3] for t in tiles) * (model_mpp / 1000.0) ** 2
+    if config.tissue_mask and tiles:
+        thumbnail, thumbnail_downsample = slide.thumbnail(tissue_thumbnail_size(slide.dimensions, slide_mpp, config, slide.level_dimensions))
+        mask = tissue_mask(thumbnail)
+        tiles = tiles_with_tissue(tiles, mask, thumbnail_downsample / factor)
+        area_mm2 = min(area_mm2, float(mask.sum()) * (thumbnail_downsample * slide_mpp / 1000.0) ** 2)
+    if not tiles:
+        logger.warning("%s: no tissue found in the region; nothing to segment (--no-tissue-mask processes everything)", slide.path)
+    return SlidePlan(slide, factor, level, tiles, roi_polygons, area_mm2)
+
+
+def read_tile(plan: SlidePlan, tile: Tile) -> np.ndarray:
+    """The tile's read rectangle as (h, w, 3) uint8 at working resolution (white outside)."""
+    x, y, width, height = tile.read
+    slide, factor, level = plan.slide, plan.factor, plan.level
+    downsample = slide.level_downsamples[level]
+    x0, y0 = x * factor, y * factor  # level-0 px
+    left, top = math.floor(x0), math.floor(y0)
+    scale = factor / downsample  # level px per working px
+    if abs(scale - 1.0) < 1e-6 and x0 == left and y0 == top:
+        return slide.read(left, top, width, height, level)
+    level_width = math.ceil(width * scale + (x0 - left) / downsample) + 1
+    level_height = math.ceil(height * scale + (y0 - top) / downsample) + 1
+    region = slide.read(left, top, level_width, level_height, level)
+    offset_x, offset_y = (x0 - left) / downsample, (y0 - top) / downsample
+    box = (offset_x, offset_y, offset_x + width * scale, offset_y + height * scale)
+    return np.asarray(Image.fromarray(region).resize((width, height), Image.Resampling.BILINEAR, box=box))

@@ -1,0 +1,111 @@
+"""Tiling of a slide region: pure arithmetic, no I/O, no model.
+
+Frame: everything here is in *working px*, the pixels of the model's own resolution.
+``working px = level-0 px / factor`` with ``factor = model µm/px ÷ slide µm/px`` (level-0 px
+per working px); x right, y down, pixel (row r, column c) covers [c, c+1) x [r, r+1).
+:func:`region_to_working` and :func:`rect_to_level0` convert rectangles between the frames.
+
+Each :class:`Tile` has
+
+- a *read* rectangle, always ``tile_size`` x ``tile_size`` (constant shape: good for batching):
+  what the network sees. It is the core grown by ``context`` on every side and may reach outside
+  the region or the slide; the reader pads (white) where there are no pixels;
+- a *core* rectangle: the cores of all tiles partition the region exactly.
+
+A tile is responsible for ("owns") exactly the objects whose centroid lies in its core
+(:func:`owns`, half-open), so every object of the region is reported by exactly one tile, provided
+objects are smaller than ``context`` (an object owned by a tile is then seen whole by it). Two
+tiles may place a border object's centroid slightly differently: :mod:`wsi_frgnet.engine.merge` keeps
+centroids a little outside the core and removes the resulting duplicates.
+
+Contract with the slide pipeline::
+
+    tiles = plan_tiles(region_working, tile_size, context)        # raster order
+    tiles = tissue.tiles_with_tissue(tiles, mask, mask_downsample) # optional filters keep order
+    for tile in tiles:                                             # in this order
+        nuclei = model(read(tile.read))                            # tile-local px
+        nuclei = merge.translate(nuclei, *tile.read[:2])           # → working px
+        final = deduplicator.add(tile, merge.keep_owned(nuclei, tile))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+Rect = tuple[int, int, int, int]  # (x, y, width, height)
+
+
+@dataclass(frozen=True, slots=True)
+class Tile:
+    """One network tile, in working px.
+
+    index: position in the plan (raster order, before any filtering).
+    read: (x, y, width, height) the network reads: the core grown by the context on every side,
+    always ``tile_size`` square; may extend beyond the region (the reader pads).
+    core: (x, y, width, height) this tile is responsible for; cores partition the region.
+    """
+
+    index: int
+    read: Rect
+    core: Rect
+
+    @property
+    def context(self) -> int:
+        """Overlap (working px) between the read rectangle and the core on every side."""
+        return self.core[0] - self.read[0]
+
+
+def plan_tiles(region: Rect, tile_size: int, context: int) -> list[Tile]:
+    """Tiles covering ``region`` (x, y, width, height in working px), in raster order (rows top
+    to bottom, left to right within a row).
+
+    Read rectangles are ``tile_size`` square; cores are ``tile_size - 2 * context`` square, except
+    in the last column / row where they are cut at the region's right / bottom edge. Raises
+    ValueError when ``tile_size <= 2 * context``, for a negative context or an empty region.
+    """
+    x, y, width, height = (int(v) for v in region)
+    if context < 0:
+        raise ValueError(f"context {context}: must be >= 0")
+    if tile_size <= 2 * context:
+        raise ValueError(f"tile size {tile_size} must be larger than twice the context ({context})")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"region {tuple(region)}: width and height must be positive")
+    core_size = tile_size - 2 * context
+    tiles = []
+    for core_y in range(y, y + height, core_size):
+        core_height = min(core_size, y + height - core_y)
+        for core_x in range(x, x + width, core_size):
+            core_width = min(core_size, x + width - core_x)
+            tiles.append(
+                Tile(
+                    index=len(tiles),
+                    read=(core_x - context, core_y - context, tile_size, tile_size),
+                    core=(core_x, core_y, core_width, core_height),
+                )
+            )
+    return tiles
+
+
+def owns(tile: Tile, x: float, y: float) -> bool:
+    """True when the point (x, y) in working px lies in the tile's core, half-open
+    [x0, x0 + width) x [y0, y0 + height): each point of the region has exactly one owner."""
+    core_x, core_y, core_width, core_height = tile.core
+    return core_x <= x < core_x + core_width and core_y <= y < core_y + core_height
+
+
+def region_to_working(region_level0: tuple[float, float, float, float], factor: float) -> Rect:
+    """The smallest whole-pixel working-px rectangle that covers a level-0 rectangle
+    (x, y, width, height); ``factor`` = level-0 px per working px."""
+    if factor <= 0:
+        raise ValueError(f"factor {factor}: must be positive")
+    x, y, width, height = region_level0
+    left, top = math.floor(x / factor), math.floor(y / factor)
+    right, bottom = math.ceil((x + width) / factor), math.ceil((y + height) / factor)
+    return left, top, right - left, bottom - top
+
+
+def rect_to_level0(rect: Rect, factor: float) -> tuple[float, float, float, float]:
+    """A working-px rectangle (x, y, width, height) in level-0 px (floats, not rounded)."""
+    x, y, width, height = rect
+    return x * factor, y * factor, width * factor, height * factor

@@ -1,0 +1,122 @@
+"""Self-describing model files: one file holds everything needed to rebuild and run a model.
+
+Contents (all plain types + tensors, so loading uses ``torch.load(weights_only=True)``):
+format name and version, kind ("model"), model config, input normalisation, training µm/px,
+post-processing thresholds, provenance (data, command, parent model) and the state dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsi_frgnet.config import (
+    DEFAULT_MEAN,
+    DEFAULT_STD,
+    ModelConfig,
+    PostprocessConfig,
+    config_from_dict,
+    config_to_dict,
+)
+from wsi_frgnet.errors import InputError
+from wsi_frgnet.io.atomic import atomic_write
+from wsi_frgnet.model import FrgNet
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "frgnet-wsi"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelCheckpoint:
+    """A trained model with what inference needs to use it correctly."""
+
+    model_config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    microns_per_pixel: float | None
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    mean: tuple[float, float, float] = DEFAULT_MEAN
+    std: tuple[float, float, float] = DEFAULT_STD
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def build_model(self, device: torch.device | str = "cpu") -> FrgNet:
+        """The network with these weights for inference: eval mode, on ``device``, channels-last
+        (faster convolutions on CPU and GPU)."""
+        model = FrgNet(self.model_config)
+        model.load_state_dict(self.state_dict)
+        return model.to(device).to(memory_format=torch.channels_last).eval()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_payload(path: Path, kind: str, contents: dict[str, Any]) -> None:
+    """Write a file of ours of the given kind atomically (the twin of ``read_payload``)."""
+    payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": kind, **contents}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write(Path(path), lambda handle: handle.write(buffer.getbuffer()))
+
+
+def save_checkpoint(path: Path, checkpoint: ModelCheckpoint) -> None:
+    """Write ``checkpoint`` to ``path`` atomically."""
+    contents = {
+        "model_config": config_to_dict(checkpoint.model_config),
+        "postprocess": config_to_dict(checkpoint.postprocess),
+        "microns_per_pixel": checkpoint.microns_per_pixel,
+        "normalisation": {"mean": list(checkpoint.mean), "std": list(checkpoint.std)},
+        "provenance": checkpoint.provenance,
+        "state_dict": {k: v.detach().cpu() for k, v in checkpoint.state_dict.items()},
+    }
+    write_payload(path, "model", contents)
+
+
+def read_payload(path: Path, kind: str) -> dict[str, Any]:
+    """Load a file of ours of the given kind as a dict; InputError for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign or damaged files
+        raise InputError(f"{path}: not a frgnet-wsi file (cannot be loaded: {type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise InputError(f"{path}: not a frgnet-wsi file")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise InputError(f"{path}: written by a newer frgnet-wsi (format {version}); please upgrade")
+    if payload.get("kind") != kind:
+        raise InputError(f"{path}: is a frgnet-wsi {payload.get('kind')!r} file, not a {kind!r} file")
+    return payload
+
+
+def load_checkpoint(path: Path) -> ModelCheckpoint:
+    """Read a model file written by ``save_checkpoint``."""
+    payload = read_payload(path, "model")
+    try:
+        normalisation = payload["normalisation"]
+        return ModelCheckpoint(
+            model_config=config_from_dict(ModelConfig, payload["model_config"]),
+            postprocess=config_from_dict(PostprocessConfig, payload["postprocess"]),
+            state_dict=payload["state_dict"],
+            microns_per_pixel=payload["microns_per_pixel"],
+            mean=tuple(normalisation["mean"]),
+            std=tuple(normalisation["std"]),
+            provenance=payload.get("provenance", {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: damaged frgnet-wsi model file ({exc})") from exc

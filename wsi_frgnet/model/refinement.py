@@ -1,0 +1,65 @@
+"""Contour refinement (METHOD.md §1): contour points move along a predicted displacement field.
+
+Frame: input pixels (x right, y down, pixel centre at index + 0.5).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def _bucket_weights(samples: int, buckets: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each contour point: its two neighbouring buckets and the weight of the second."""
+    position = torch.arange(samples, device=device, dtype=torch.float32) * buckets / samples
+    first = torch.floor(position).long() % buckets
+    return first, (first + 1) % buckets, position - torch.floor(position)
+
+
+def refine_contours(
+    contours: torch.Tensor,
+    image_index: torch.Tensor,
+    refinement: torch.Tensor,
+    iterations: int,
+    input_size: tuple[int, int],
+) -> list[torch.Tensor]:
+    """Move contour points by the refinement field, ``iterations`` times.
+
+    contours: (N, S, 2) in input px; image_index: (N,) batch index of each contour;
+    refinement: (B, 2 * buckets, h, w) offsets in px on a grid covering the whole input of
+    ``input_size`` = (height, width) px (any stride). Each point reads the field at its current position (bilinear), interpolated
+    between the two buckets nearest to its index along the contour.
+    Returns the contour after each iteration.
+    """
+    batch, channels = refinement.shape[:2]
+    buckets = channels // 2
+    samples = contours.shape[1]
+    first, second, weight = _bucket_weights(samples, buckets, contours.device)
+    points_index = torch.arange(samples, device=contours.device)
+    input_height, input_width = input_size
+    outputs = []
+    current = contours
+    # grid_sample's backward corrupts memory on channels-last slices: sample dense copies.
+    fields = [refinement[b : b + 1].contiguous() if bool((image_index == b).any()) else None for b in range(batch)]
+    for _ in range(iterations):
+        moved = torch.empty_like(current)
+        for b in range(batch):
+            selected = image_index == b
+            if not bool(selected.any()):
+                continue
+            points = current[selected]  # (n, S, 2)
+            # With align_corners=False, -1 and 1 are the outer edges of the input image.
+            grid = torch.stack([points[..., 0] / input_width, points[..., 1] / input_height], dim=-1)
+            sampled = F.grid_sample(
+                fields[b], (grid * 2.0 - 1.0)[None].to(refinement.dtype), mode="bilinear",
+                padding_mode="border", align_corners=False,
+            )[0]  # (2 * buckets, n, S)
+            field = sampled.view(buckets, 2, *sampled.shape[1:])  # (buckets, 2, n, S)
+            v_first = field[first, :, :, points_index]  # (S, 2, n)
+            v_second = field[second, :, :, points_index]
+            w = weight[:, None, None]
+            vectors = ((1.0 - w) * v_first + w * v_second).permute(2, 0, 1)  # (n, S, 2)
+            moved[selected] = points + vectors.to(points.dtype)
+        current = moved
+        outputs.append(current)
+    return outputs

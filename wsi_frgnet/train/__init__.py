@@ -1,0 +1,1 @@
+"""Teaching a model: targets, augmentation, training crops, the optimisation loop, fine-tuning."""

@@ -1,0 +1,126 @@
+"""Training targets of one crop: instance label map (+ image) → what every head should predict.
+
+Frames: label maps are (row = y, column = x) arrays; contour coordinates are input px (pixel
+centre at index + 0.5). Head cells are stride x stride blocks; cell (i, j) is centred at
+((j + 0.5) * stride, (i + 0.5) * stride).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from wsi_frgnet.config import ModelConfig, TargetConfig
+from wsi_frgnet.geometry.fourier import elliptic_fourier_descriptors, resample_polygon
+from wsi_frgnet.geometry.outlines import trace_outline
+from wsi_frgnet.model.guide import fourier_guide, guide_target
+
+
+@dataclass
+class CropTargets:
+    """Targets of one crop. N = number of taught instances, (h, w) = head grid.
+
+    score: (h, w) 1 where a taught nucleus core lies in the cell, else 0.
+    score_weight: (h, w) 0 where the score loss ignores the cell, else 1.
+    owner: (h, w) index into the instance arrays of the cell's instance, -1 for none.
+    centres: (N, 2) contour centres (x0, y0), px. coefficients: (N, K, 4) (a, b, c, d), px.
+    contours: (N, S, 2) outline points at t = i / S, px.
+    guide: (H/2, W/2) guide-head target at stride 2, or None when the guide is off.
+    """
+
+    score: np.ndarray
+    score_weight: np.ndarray
+    owner: np.ndarray
+    centres: np.ndarray
+    coefficients: np.ndarray
+    contours: np.ndarray
+    guide: np.ndarray | None
+
+
+def _block_view(array: np.ndarray, stride: int) -> np.ndarray:
+    """(H, W) → (H / stride, W / stride, stride * stride) view of each cell's pixels."""
+    height, width = array.shape
+    blocks = array.reshape(height // stride, stride, width // stride, stride)
+    return blocks.transpose(0, 2, 1, 3).reshape(height // stride, width // stride, stride * stride)
+
+
+def build_targets(
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    model_config: ModelConfig,
+    target_config: TargetConfig,
+    full_areas: dict[int, int] | None = None,
+    unknown: np.ndarray | None = None,
+    partial: bool = False,
+) -> CropTargets:
+    """Targets for a crop ``rgb`` (H, W, 3) uint8 with instance ``labels`` (H, W).
+
+    ``full_areas`` maps label id → area in the uncropped image, so that instances the crop cut
+    to less than ``min_kept_fraction`` are ignored rather than taught. ``unknown`` (H, W) bool
+    marks pixels whose annotation is missing: cells there are never taught as background.
+    ``partial``: the labels hold only some of the nuclei (METHOD.md §4): cells where at least
+    half the pixels are guide-positive (normalised guide >= the hard-guide threshold) and
+    unlabelled are ignored by the score loss instead of being taught as background.
+    """
+    stride = model_config.head_stride
+    height, width = labels.shape
+    normalised_guide = fourier_guide(rgb, target_config.guide_radius) if (model_config.uses_guide or partial) else None
+    if height % stride or width % stride:
+        raise ValueError(f"crop size {width}x{height} is not a multiple of the head stride {stride}")
+    order, samples = model_config.fourier_order, model_config.contour_points
+    normalised = np.zeros(labels.shape, dtype=np.float32)
+    owner_px = np.full(labels.shape, -1, dtype=np.int64)
+    ignored_px = np.zeros(labels.shape, dtype=bool) if unknown is None else unknown.astype(bool).copy()
+    centres, coefficients, contours = [], [], []
+    for label_id, window in enumerate(ndimage.find_objects(labels), start=1):
+        if window is None:
+            continue
+        local = labels[window] == label_id
+        area = int(local.sum())
+        full_area = full_areas.get(label_id, area) if full_areas is not None else area
+        if area < target_config.min_area or area < target_config.min_kept_fraction * full_area:
+            ignored_px[window] |= local
+            continue
+        distance = ndimage.distance_transform_edt(np.pad(local, 1))[1:-1, 1:-1]
+        index = len(centres)
+        normalised[window][local] = (distance / distance.max())[local]
+        owner_px[window][local] = index
+        outline = trace_outline(local) + np.array([window[1].start, window[0].start], dtype=np.float64)
+        centre, coefficient = elliptic_fourier_descriptors(outline, order)
+        centres.append(centre)
+        coefficients.append(coefficient)
+        contours.append(resample_polygon(outline, samples))
+
+    cell_values = _block_view(normalised, stride)
+    best = cell_values.argmax(axis=2)
+    cell_max = np.take_along_axis(cell_values, best[..., None], axis=2)[..., 0]
+    owner = np.take_along_axis(_block_view(owner_px, stride), best[..., None], axis=2)[..., 0]
+    score = (cell_max >= target_config.core_threshold).astype(np.float32)
+    ring = (cell_max >= target_config.ignore_threshold) & (score == 0)
+    cell_ignored = _block_view(ignored_px, stride).any(axis=2)
+    if partial:
+        unlabelled_positive = (normalised_guide >= target_config.hard_guide_threshold) & (labels == 0)
+        cell_ignored |= _block_view(unlabelled_positive, stride).mean(axis=2) >= 0.5
+    cell_ignored &= score == 0
+    score_weight = (~(ring | cell_ignored)).astype(np.float32)
+    owner = np.where(score == 1, owner, -1)
+
+    guide = None
+    if model_config.uses_guide:
+        soft = guide_target(normalised_guide, labels > 0, hard=False)
+        guide = _block_view(soft, 2).mean(axis=2)
+        if model_config.guide == "hard":  # binarised at the guide head's own resolution
+            guide = guide >= target_config.hard_guide_threshold
+        guide = guide.astype(np.float32)
+
+    return CropTargets(
+        score=score,
+        score_weight=score_weight,
+        owner=owner,
+        centres=np.asarray(centres, dtype=np.float32).reshape(-1, 2),
+        coefficients=np.asarray(coefficients, dtype=np.float32).reshape(-1, order, 4),
+        contours=np.asarray(contours, dtype=np.float32).reshape(-1, samples, 2),
+        guide=guide,
+    )
