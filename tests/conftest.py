@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from wsi_frgnet.train.loop import TrainingRun
 
 MICRONS_PER_PIXEL = 0.25
+MONUSEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "monuseg-train"
 DATA_IMAGE_SIZE = 96
 DATA_IMAGE_COUNT = 3
 
@@ -142,3 +143,18 @@ def raises_one_line_error(path: Path, pattern: str, func, *args, **kwargs):
     assert str(path) in message
     assert "\n" not in message
     return info.value
+
+
+@pytest.fixture(scope="session")
+def he_crops() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, rgb (256, 256, 3) uint8, labels (256, 256) int32): the top-left corners of three
+    real H&E images of MoNuSeg with their instance labels, where the data is present (skipped
+    otherwise). Real stains, where the Fourier guide is far from perfect."""
+    if not (MONUSEG / "images").is_dir():
+        pytest.skip("MoNuSeg images not present beside the repository")
+    crops = []
+    for name in ("TCGA-18-5592-01Z-00-DX1", "TCGA-21-5784-01Z-00-DX1", "TCGA-21-5786-01Z-00-DX1"):
+        rgb = np.asarray(Image.open(MONUSEG / "images" / f"{name}.png").convert("RGB"))[:256, :256]
+        labels = np.asarray(Image.open(MONUSEG / "labels" / f"{name}.png")).astype(np.int32)[:256, :256]
+        crops.append((name, np.ascontiguousarray(rgb), np.ascontiguousarray(labels)))
+    return crops

@@ -15,13 +15,24 @@ import shapely
 from qupath_contract import assert_qupath_valid, validate_qupath_geojson
 
 from wsi_frgnet.engine import export
-from wsi_frgnet.engine.export import ExportSettings, nucleus_feature, write_geojson
+from wsi_frgnet.engine.export import ExportSettings, write_geojson
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.geometry.outlines import trace_outline
 from wsi_frgnet.io.geojson import read_features
 from wsi_frgnet.nucleus import Nucleus
 
 SETTINGS = ExportSettings(microns_per_pixel=0.25, slide_id="slide.svs:1000x800")
+
+
+def nucleus_feature(nucleus: Nucleus, settings: ExportSettings) -> dict | None:
+    """The feature ``write_geojson`` writes for one nucleus (None when it skips it)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "one.geojson"
+        write_geojson(path, [nucleus], settings)
+        features = read_features(path)
+    return features[0] if features else None
 
 
 def closed(points) -> np.ndarray:

@@ -310,3 +310,55 @@ def test_frgnet_loss_weights_scale_the_total():
     torch.testing.assert_close(parts["total"], 2.0 * parts["guide"])
     expected_guide = F.binary_cross_entropy_with_logits(output.guide_logits[:, 0], targets.guide)
     torch.testing.assert_close(parts["guide"], expected_guide)
+
+
+def test_frgnet_loss_total_matches_hand_computed_values():
+    """One 16 x 16 px image, one nucleus proposed at head cell (row 1, column 1), every output
+    chosen so that each term can be worked out on paper (see the comments)."""
+    from types import SimpleNamespace
+
+    from wsi_frgnet.model.frgnet import NetworkOutput
+    from wsi_frgnet.model.losses import PIXEL_LOSS_SCALE, BatchTargets
+
+    config = ModelConfig.tiny(fourier_order=1, contour_points=4, refinement_buckets=1, refinement_iterations=1, contrastive=False)
+    model = SimpleNamespace(config=config)  # the loss reads only the config when GILC is off
+    output = NetworkOutput(
+        score_logits=torch.zeros(1, 1, 4, 4),  # sigmoid 0.5 everywhere
+        location=torch.zeros(1, 2, 4, 4),  # predicted centre = cell centre (6, 6)
+        fourier=torch.tensor([2.0, 0.0, 0.0, 2.0]).view(1, 1, 4, 1, 1).expand(1, 1, 4, 4, 4).clone(),  # circle r = 2
+        refinement=torch.zeros(1, 2, 8, 8),  # refinement moves nothing
+        guide_logits=torch.zeros(1, 1, 8, 8),
+        head_features=torch.zeros(1, 16, 4, 4),
+    )
+    score = torch.zeros(1, 4, 4)
+    score[0, 1, 1] = 1.0
+    owner = torch.full((1, 4, 4), -1, dtype=torch.long)
+    owner[0, 1, 1] = 0
+    targets = BatchTargets(
+        score=score,
+        score_weight=torch.ones(1, 4, 4),
+        owner=owner,
+        centres=torch.tensor([[7.0, 6.0]]),  # one px right of the cell centre
+        coefficients=torch.tensor([[[3.0, 0.0, 0.0, 2.0]]]),  # a = 3 instead of 2
+        contours=torch.tensor([[[10.0, 6.0], [7.0, 9.0], [4.0, 6.0], [7.0, 3.0]]]),  # circle r = 3 at (7, 6)
+        guide=torch.full((1, 8, 8), 0.5),
+    )
+    weights = LossConfig(instance=1.0, fourier=2.0, location=0.5, contour=3.0, refinement=1.0, guide=0.5, contrastive=7.0)
+    parts = frgnet_loss(model, output, targets, weights, (16, 16))
+    assert PIXEL_LOSS_SCALE == 4.0
+    ln2 = math.log(2.0)
+    # score: BCE of logit 0 is ln 2 for every cell; mean over the foreground + mean over background
+    assert parts["score"].item() == pytest.approx(2 * ln2)
+    # Fourier: |2 - 3| over 4 coefficients = 0.25, order weight 1, / 4 px
+    assert parts["fourier"].item() == pytest.approx(0.0625)
+    # location: |(0, 0) - (1, 0)| averaged over x and y = 0.5, / 4 px
+    assert parts["location"].item() == pytest.approx(0.125)
+    # contour: decoded (8, 6), (6, 8), (4, 6), (6, 4) against the target points:
+    # |8-10| + 0 + |6-7| + |8-9| + 0 + 0 + |6-7| + |4-3| = 6 over 8 values = 0.75, / 4 px
+    assert parts["contour"].item() == pytest.approx(0.1875)
+    assert parts["refinement"].item() == pytest.approx(0.1875)  # no displacement: as the contour
+    # guide: BCE(logit 0, target 0.5) = ln 2
+    assert parts["guide"].item() == pytest.approx(ln2)
+    assert "contrastive" not in parts
+    # 1 x (2 ln 2 + 2 x 0.0625 + 0.5 x 0.125 + 3 x 0.1875 + 0.1875) + 0.5 x ln 2
+    assert parts["total"].item() == pytest.approx(2.5 * ln2 + 0.125 + 0.0625 + 0.5625 + 0.1875)

@@ -216,3 +216,22 @@ def test_translate_scale_keep_owned():
     assert keep_owned([disc(105, 50, 5)], left) == []
 
 
+@pytest.mark.parametrize("region", [(0, 0, 1000, 800), (37, 211, 913, 407)])
+def test_keep_owned_without_tolerance_gives_every_centroid_one_tile(region):
+    """Ownership as the pipeline applies it: tiny nuclei centred at random points and at the
+    exact corners of the cores (where half-openness matters) each belong to exactly one tile."""
+    tiles = plan_tiles(region, 200, 30)
+    rng = np.random.default_rng(0)
+    x, y, width, height = region
+    points = np.column_stack([rng.uniform(x, x + width, 2000), rng.uniform(y, y + height, 2000)])
+    corners = np.array([(t.core[0], t.core[1]) for t in tiles], dtype=np.float64)
+    nuclei = [Nucleus(square_ring(px, py, 0.25), 0.9, 0.5) for px, py in np.concatenate([points, corners])]
+    owners = [sum(nucleus in keep_owned([nucleus], tile, tolerance=0) for tile in tiles) for nucleus in nuclei]
+    assert owners == [1] * len(nuclei)
+    outside = [Nucleus(square_ring(x + width, y, 0.25), 0.9, 0.5), Nucleus(square_ring(x - 0.5, y, 0.25), 0.9, 0.5)]
+    assert not any(keep_owned(outside, tile, tolerance=0) for tile in tiles)
+
+
+def square_ring(cx: float, cy: float, half: float) -> np.ndarray:
+    """Closed square ring of side 2 * half centred at (cx, cy): its centroid is the centre."""
+    return np.array([[cx - half, cy - half], [cx + half, cy - half], [cx + half, cy + half], [cx - half, cy + half], [cx - half, cy - half]])

@@ -7,9 +7,7 @@ import pytest
 
 from wsi_frgnet.engine.tiling import (
     Tile,
-    owns,
     plan_tiles,
-    rect_to_level0,
     region_to_working,
 )
 
@@ -70,20 +68,6 @@ def test_tiny_region_gives_one_tile():
     assert tile.read == (-11, -9, 128, 128)
 
 
-@pytest.mark.parametrize("region", REGIONS[:3])
-def test_owns_partitions_random_points(region):
-    tiles = plan_tiles(region, 200, 30)
-    rng = np.random.default_rng(0)
-    x, y, width, height = region
-    points = np.column_stack([rng.uniform(x, x + width, 2000), rng.uniform(y, y + height, 2000)])
-    # also exact core borders, where half-openness matters
-    borders = np.array([(t.core[0], t.core[1]) for t in tiles], dtype=np.float64)
-    for px, py in np.concatenate([points, borders]):
-        assert sum(owns(t, px, py) for t in tiles) == 1
-    # outside the region: nobody
-    assert not any(owns(t, x + width, y) or owns(t, x - 1e-9, y) for t in tiles)
-
-
 @pytest.mark.parametrize(("tile_size", "context"), [(128, 64), (128, 100), (10, 5), (64, -1)])
 def test_tile_size_must_exceed_twice_the_context(tile_size, context):
     with pytest.raises(ValueError):
@@ -98,7 +82,6 @@ def test_empty_region_is_an_error():
 def test_frame_conversions():
     assert region_to_working((0, 0, 1000, 800), 2.0) == (0, 0, 500, 400)
     assert region_to_working((3, 5, 10, 10), 2.0) == (1, 2, 6, 6)  # covers [3, 13) x [5, 15)
-    assert rect_to_level0((1, 2, 6, 6), 2.0) == (2.0, 4.0, 12.0, 12.0)
     with pytest.raises(ValueError):
         region_to_working((0, 0, 1, 1), 0)
 

@@ -11,11 +11,13 @@ from wsi_frgnet.config import ModelConfig, PostprocessConfig, TargetConfig
 from wsi_frgnet.engine.inference import load_model, predict_image
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.eval.metrics import score_instances
+from wsi_frgnet.model import FrgNet
+from wsi_frgnet.model.losses import frgnet_loss
 from wsi_frgnet.model.model_file import load_checkpoint
 from wsi_frgnet.synthetic import synthetic_nuclei
 from wsi_frgnet.train import loop as training_module
 from wsi_frgnet.train.crops import LabelledArray, RandomCrops
-from wsi_frgnet.train.loop import learning_rate_factor, train
+from wsi_frgnet.train.loop import learning_rate_factor, optimise, train
 
 
 def test_tiny_model_overfits_one_image(overfitted_model):
@@ -27,21 +29,29 @@ def test_tiny_model_overfits_one_image(overfitted_model):
     assert scores.aji >= 0.8
 
 
-def test_saved_model_reproduces_the_trained_outputs(overfitted_model):
-    run, image, _ = overfitted_model
+def test_saved_model_is_the_trained_model(tmp_path):
+    """The file written at the end of training rebuilds the very network that was trained: same
+    weights, same BatchNorm statistics, same outputs, and inference settings as configured."""
+    rgb, labels = synthetic_nuclei(128, 128, seed=2)
+    run = _run(tmp_path / "model.pt", epochs=2)
+    trained = FrgNet(run.model_config)
+    dataset = RandomCrops([LabelledArray("one", rgb, labels)], 128, run.model_config, run.targets, seed=0)
+    optimise(run, trained, dataset, [], frgnet_loss, trainable=None)  # no validation: the last epoch is written
     checkpoint = load_checkpoint(run.output)
     assert checkpoint.microns_per_pixel == 0.25
     assert checkpoint.postprocess == PostprocessConfig(score_threshold=0.5)
-    first = load_model(run.output)
-    second = load_model(run.output)
-    inputs = torch.rand(1, 3, 64, 64)
+    assert checkpoint.model_config == run.model_config
+    for name, value in trained.state_dict().items():
+        assert torch.equal(checkpoint.state_dict[name], value), name
+    loaded = load_model(run.output)
+    inputs = torch.rand(2, 3, 64, 64)
+    trained.eval()
     with torch.no_grad():
-        a, b = first.network(inputs), second.network(inputs)
-    assert torch.equal(a.score_logits, b.score_logits)
-    assert torch.equal(a.fourier, b.fourier)
-    direct = checkpoint.build_model()
-    prediction = predict_image(direct, image.rgb, checkpoint.postprocess, checkpoint.mean, checkpoint.std)
-    assert np.array_equal(prediction.label_map(), first.segment(image.rgb))
+        expected, actual = trained(inputs), loaded.network(inputs)
+    for field in ("score_logits", "location", "fourier", "refinement", "guide_logits"):
+        torch.testing.assert_close(getattr(actual, field), getattr(expected, field), rtol=1e-5, atol=1e-5)
+    prediction = predict_image(trained, rgb, run.postprocess, run.mean, run.std)
+    assert np.array_equal(prediction.label_map(), loaded.segment(rgb))
 
 
 def test_training_log_has_one_row_per_epoch(overfitted_model):

@@ -1,6 +1,7 @@
 """Partial annotations (METHOD.md §4): kept share, targets that never teach unlabelled nuclei as background."""
 
 import numpy as np
+import pytest
 import torch
 
 from wsi_frgnet.config import ModelConfig, TargetConfig
@@ -59,3 +60,38 @@ def test_crops_with_keep_fraction_use_only_kept_instances():
                           augment=False, keep_fraction=0.5)
     _, targets = dataset[0]
     assert len(targets.centres) == round(0.5 * labels.max())
+
+
+def _coverage(rgb: np.ndarray, labels: np.ndarray, fraction: float) -> tuple[float, float, np.ndarray, object, object]:
+    """(share of unlabelled nuclei's score cells taught as background, share of true-background
+    cells ignored, kept ids, partial targets, full targets) with ``fraction`` of the nuclei kept."""
+    config = ModelConfig.tiny(guide="hard")
+    kept = kept_instances(labels, fraction, seed=0, image_index=0)
+    partial = build_targets(rgb, np.where(np.isin(labels, kept), labels, 0), config, TargetConfig(), partial=True)
+    full = build_targets(rgb, labels, config, TargetConfig())
+    stride = config.head_stride
+    height, width = labels.shape
+    unlabelled_cells = (full.score == 1) & (partial.score == 0)
+    any_nucleus = (labels > 0).reshape(height // stride, stride, width // stride, stride).any(axis=(1, 3))
+    taught = (unlabelled_cells & (partial.score_weight == 1)).sum() / max(1, unlabelled_cells.sum())
+    ignored = (~any_nucleus & (partial.score_weight == 0)).sum() / max(1, (~any_nucleus).sum())
+    return float(taught), float(ignored), kept, partial, full
+
+
+def test_partial_rule_on_real_he_keeps_labelled_nuclei_and_most_background(he_crops):
+    for name, rgb, labels in he_crops:
+        _, ignored, kept, partial, full = _coverage(rgb, labels, 0.3)
+        owners = np.unique(labels[labels > 0])
+        assert len(kept) == round(0.3 * len(owners))
+        # Every kept nucleus is still taught where it was under full labels.
+        kept_cells = partial.score == 1
+        assert kept_cells.sum() > 0 and (partial.score_weight[kept_cells] == 1).all(), name
+        assert ignored <= 0.15, name
+
+
+@pytest.mark.xfail(strict=True, reason="known gap on real stains: the guide rule leaves most unlabelled nuclei taught "
+                   "as background (53-99 % of their score cells on these crops); the target is at most 10 %")
+def test_partial_rule_on_real_he_does_not_teach_unlabelled_nuclei_as_background(he_crops):
+    for name, rgb, labels in he_crops:
+        taught, _, _, _, _ = _coverage(rgb, labels, 0.3)
+        assert taught <= 0.10, (name, taught)

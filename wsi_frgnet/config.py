@@ -135,12 +135,17 @@ class PostprocessConfig:
                 raise ValueError(f"{name} must be within [0, 1], not {value}")
 
 
+class UnknownFields(ValueError):
+    """A stored config names fields this version does not have."""
+
+
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Build a config dataclass from a stored dict (lists back to tuples, unknown keys refused)."""
+    """Build a config dataclass from a stored dict (lists back to tuples, unknown keys refused
+    with :class:`UnknownFields`)."""
     known = {f.name for f in fields(cls)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        raise UnknownFields(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 

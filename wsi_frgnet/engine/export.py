@@ -248,15 +248,6 @@ class _FeatureMaker:
             yield digest, feature
 
 
-def nucleus_feature(nucleus: Nucleus, settings: ExportSettings) -> dict | None:
-    """The QuPath Feature dict of one nucleus, or None when its polygon does not survive
-    rounding to 0.01 px (fewer than 3 distinct points, zero area, unrepairable)."""
-    shape = _prepare([nucleus], settings.offset)[0]
-    if shape is None:
-        return None
-    return next(_FeatureMaker(settings).batch([nucleus], [shape]))[1]
-
-
 def _features(nuclei: Iterable[Nucleus], settings: ExportSettings, stats: dict[str, int]) -> Iterator[dict]:
     """Feature dicts in input order, prepared in batches; skips polygons degenerate after
     rounding and repeated polygons (same id); counts both in ``stats``."""

@@ -3,7 +3,7 @@
 Frame: everything here is in *working px*, the pixels of the model's own resolution.
 ``working px = level-0 px / factor`` with ``factor = model µm/px ÷ slide µm/px`` (level-0 px
 per working px); x right, y down, pixel (row r, column c) covers [c, c+1) x [r, r+1).
-:func:`region_to_working` and :func:`rect_to_level0` convert rectangles between the frames.
+:func:`region_to_working` turns a level-0 rectangle into working px.
 
 Each :class:`Tile` has
 
@@ -13,7 +13,7 @@ Each :class:`Tile` has
 - a *core* rectangle: the cores of all tiles partition the region exactly.
 
 A tile is responsible for ("owns") exactly the objects whose centroid lies in its core
-(:func:`owns`, half-open), so every object of the region is reported by exactly one tile, provided
+(half-open, :func:`wsi_frgnet.engine.merge.keep_owned`), so every object of the region is reported by exactly one tile, provided
 objects are smaller than ``context`` (an object owned by a tile is then seen whole by it). Two
 tiles may place a border object's centroid slightly differently: :mod:`wsi_frgnet.engine.merge` keeps
 centroids a little outside the core and removes the resulting duplicates.
@@ -87,13 +87,6 @@ def plan_tiles(region: Rect, tile_size: int, context: int) -> list[Tile]:
     return tiles
 
 
-def owns(tile: Tile, x: float, y: float) -> bool:
-    """True when the point (x, y) in working px lies in the tile's core, half-open
-    [x0, x0 + width) x [y0, y0 + height): each point of the region has exactly one owner."""
-    core_x, core_y, core_width, core_height = tile.core
-    return core_x <= x < core_x + core_width and core_y <= y < core_y + core_height
-
-
 def region_to_working(region_level0: tuple[float, float, float, float], factor: float) -> Rect:
     """The smallest whole-pixel working-px rectangle that covers a level-0 rectangle
     (x, y, width, height); ``factor`` = level-0 px per working px."""
@@ -103,9 +96,3 @@ def region_to_working(region_level0: tuple[float, float, float, float], factor: 
     left, top = math.floor(x / factor), math.floor(y / factor)
     right, bottom = math.ceil((x + width) / factor), math.ceil((y + height) / factor)
     return left, top, right - left, bottom - top
-
-
-def rect_to_level0(rect: Rect, factor: float) -> tuple[float, float, float, float]:
-    """A working-px rectangle (x, y, width, height) in level-0 px (floats, not rounded)."""
-    x, y, width, height = rect
-    return x * factor, y * factor, width * factor, height * factor

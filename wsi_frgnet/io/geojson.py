@@ -68,16 +68,32 @@ def load_document(path: Path) -> object:
 
 
 def read_features(path: Path) -> list[dict]:
-    """The features of a GeoJSON file: those of a FeatureCollection, a single Feature, or a
-    list of features. InputError when the file is missing, unreadable or holds something else."""
-    document = load_document(path)
-    if isinstance(document, dict) and document.get("type") == "FeatureCollection" and isinstance(document.get("features"), list):
-        return document["features"]
-    if isinstance(document, dict) and document.get("type") == "Feature":
-        return [document]
-    if isinstance(document, list) and all(isinstance(item, dict) for item in document):
-        return document
-    raise InputError(f"{path}: not a GeoJSON FeatureCollection, Feature or list of features")
+    """Every feature of a GeoJSON file, in file order: those of a FeatureCollection (nested ones
+    too), a single Feature, or a list of them; a bare geometry comes as a feature without
+    properties. InputError when the file is missing, unreadable or not GeoJSON."""
+    path = Path(path)
+    return _features(load_document(path), path)
+
+
+def _features(document: object, path: Path) -> list[dict]:
+    items = document if isinstance(document, list) else [document]
+    found = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise InputError(f"{path}: expected GeoJSON objects, found {type(item).__name__}")
+        kind = item.get("type")
+        if kind == "FeatureCollection":
+            features = item.get("features")
+            if not isinstance(features, list):
+                raise InputError(f"{path}: FeatureCollection without a 'features' list")
+            found.extend(_features(features, path) if features else [])
+        elif kind == "Feature" or (kind is None and "geometry" in item):
+            found.append(item)
+        elif kind in GEOMETRY_TYPES:
+            found.append({"type": "Feature", "geometry": item})
+        else:
+            raise InputError(f"{path}: not GeoJSON (object of type {kind!r})")
+    return found
 
 
 @dataclass(frozen=True)
@@ -125,10 +141,14 @@ def read_nuclei_and_regions(path: Path) -> tuple[list[shapely.Polygon], list[sha
 def _read_features(path: Path, noun: str, nuclei: bool = False) -> list[_Feature]:
     """The features of a GeoJSON file with their polygons (see :func:`read_polygons`)."""
     path = Path(path)
-    document = load_document(path)
     ignored: Counter[str] = Counter()
     features: list[_Feature] = []
-    for geometry, feature in _geometries(document, path):
+    for feature in read_features(path):
+        geometry = feature.get("geometry")
+        if geometry is None:
+            continue
+        if not isinstance(geometry, dict):
+            raise InputError(f"{path}: a feature's geometry is not an object")
         if nuclei and isinstance(feature.get("nucleusGeometry"), dict):
             geometry = feature["nucleusGeometry"]  # a QuPath cell: its nucleus, not the whole cell
         try:
@@ -161,34 +181,6 @@ def _class_name(feature: dict) -> str | None:
     classification = properties.get("classification") if isinstance(properties, dict) else None
     name = classification.get("name") if isinstance(classification, dict) else None
     return name if isinstance(name, str) else None
-
-
-def _geometries(document: object, path: Path) -> list[tuple[dict, dict]]:
-    """(geometry, feature) of every GeoJSON geometry object of a document; ``feature`` is the
-    Feature holding it, or {} for a bare geometry (features without geometry are skipped)."""
-    items = document if isinstance(document, list) else [document]
-    found = []
-    for item in items:
-        if not isinstance(item, dict):
-            raise InputError(f"{path}: expected GeoJSON objects, found {type(item).__name__}")
-        kind = item.get("type")
-        if kind == "FeatureCollection":
-            features = item.get("features")
-            if not isinstance(features, list):
-                raise InputError(f"{path}: FeatureCollection without a 'features' list")
-            found.extend(_geometries(features, path) if features else [])
-        elif kind == "Feature" or (kind is None and "geometry" in item):
-            geometry = item.get("geometry")
-            if geometry is None:
-                continue
-            if not isinstance(geometry, dict):
-                raise InputError(f"{path}: a feature's geometry is not an object")
-            found.append((geometry, item))
-        elif kind in GEOMETRY_TYPES:
-            found.append((item, {}))
-        else:
-            raise InputError(f"{path}: not GeoJSON (object of type {kind!r})")
-    return found
 
 
 def _polygon_parts(geometry: shapely.Geometry, ignored: Counter) -> list[shapely.Polygon]:

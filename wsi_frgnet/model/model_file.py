@@ -1,8 +1,13 @@
 """Self-describing model files: one file holds everything needed to rebuild and run a model.
 
-Contents (all plain types + tensors, so loading uses ``torch.load(weights_only=True)``):
-format name and version, kind ("model"), model config, input normalisation, training µm/px,
-post-processing thresholds, provenance (data, command, parent model) and the state dict.
+Contents (all plain types + tensors, so loading uses ``torch.load(weights_only=True)``), format
+version 2: ``format``, ``format_version``, ``kind`` ("model"), ``written_by`` (tool version),
+``model_config``, ``input`` (``microns_per_pixel``, ``mean``, ``std`` of the network input),
+``postprocess`` (thresholds), ``provenance`` (data, command, parent model) and ``state_dict``.
+
+Older files are read through :data:`MIGRATIONS`, one function per version step, so every model
+file ever written keeps loading; a file with a newer version, or with fields this version does
+not know, is refused with a message that says so.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from typing import Any
 
 import torch
 
+from wsi_frgnet import __version__
 from wsi_frgnet.config import (
     DEFAULT_MEAN,
     DEFAULT_STD,
     ModelConfig,
     PostprocessConfig,
+    UnknownFields,
     config_from_dict,
     config_to_dict,
 )
@@ -31,7 +38,28 @@ from wsi_frgnet.model import FrgNet
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "frgnet-wsi"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MODEL_KEYS = frozenset(
+    {"format", "format_version", "kind", "written_by", "model_config", "input", "postprocess", "provenance", "state_dict"}
+)
+
+
+def _model_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 kept the µm/px and the normalisation apart; version 2 groups what describes the
+    network's input under ``input`` and records the writing tool (unknown for version 1)."""
+    migrated = {key: value for key, value in payload.items() if key not in ("microns_per_pixel", "normalisation")}
+    normalisation = payload["normalisation"]
+    migrated["input"] = {
+        "microns_per_pixel": payload["microns_per_pixel"],
+        "mean": normalisation["mean"],
+        "std": normalisation["std"],
+    }
+    migrated.setdefault("written_by", "frgnet-wsi (format 1)")
+    return migrated
+
+
+#: (kind, version) → function turning a payload of that version into the next version's.
+MIGRATIONS = {("model", 1): _model_v1_to_v2}
 
 
 @dataclass
@@ -64,7 +92,7 @@ def file_sha256(path: Path) -> str:
 
 def write_payload(path: Path, kind: str, contents: dict[str, Any]) -> None:
     """Write a file of ours of the given kind atomically (the twin of ``read_payload``)."""
-    payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": kind, **contents}
+    payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": kind, "written_by": f"frgnet-wsi {__version__}", **contents}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write(Path(path), lambda handle: handle.write(buffer.getbuffer()))
@@ -75,8 +103,7 @@ def save_checkpoint(path: Path, checkpoint: ModelCheckpoint) -> None:
     contents = {
         "model_config": config_to_dict(checkpoint.model_config),
         "postprocess": config_to_dict(checkpoint.postprocess),
-        "microns_per_pixel": checkpoint.microns_per_pixel,
-        "normalisation": {"mean": list(checkpoint.mean), "std": list(checkpoint.std)},
+        "input": {"microns_per_pixel": checkpoint.microns_per_pixel, "mean": list(checkpoint.mean), "std": list(checkpoint.std)},
         "provenance": checkpoint.provenance,
         "state_dict": {k: v.detach().cpu() for k, v in checkpoint.state_dict.items()},
     }
@@ -101,21 +128,34 @@ def read_payload(path: Path, kind: str) -> dict[str, Any]:
         raise InputError(f"{path}: written by a newer frgnet-wsi (format {version}); please upgrade")
     if payload.get("kind") != kind:
         raise InputError(f"{path}: is a frgnet-wsi {payload.get('kind')!r} file, not a {kind!r} file")
+    try:
+        while (kind, payload["format_version"]) in MIGRATIONS:
+            payload = {**MIGRATIONS[kind, payload["format_version"]](payload), "format_version": payload["format_version"] + 1}
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"{path}: damaged frgnet-wsi {kind} file (format {version}, missing {exc})") from exc
     return payload
 
 
 def load_checkpoint(path: Path) -> ModelCheckpoint:
     """Read a model file written by ``save_checkpoint``."""
     payload = read_payload(path, "model")
+    unknown = sorted(set(payload) - MODEL_KEYS)
+    if unknown:
+        raise InputError(f"{path}: has fields this frgnet-wsi does not know ({', '.join(unknown)}); written by a newer version?")
     try:
-        normalisation = payload["normalisation"]
+        model_config = config_from_dict(ModelConfig, payload["model_config"])
+        postprocess = config_from_dict(PostprocessConfig, payload["postprocess"])
+    except UnknownFields as exc:
+        raise InputError(f"{path}: {exc}; written by a newer frgnet-wsi?") from exc
+    try:
+        network_input = payload["input"]
         return ModelCheckpoint(
-            model_config=config_from_dict(ModelConfig, payload["model_config"]),
-            postprocess=config_from_dict(PostprocessConfig, payload["postprocess"]),
+            model_config=model_config,
+            postprocess=postprocess,
             state_dict=payload["state_dict"],
-            microns_per_pixel=payload["microns_per_pixel"],
-            mean=tuple(normalisation["mean"]),
-            std=tuple(normalisation["std"]),
+            microns_per_pixel=network_input["microns_per_pixel"],
+            mean=tuple(network_input["mean"]),
+            std=tuple(network_input["std"]),
             provenance=payload.get("provenance", {}),
         )
     except (KeyError, TypeError, ValueError) as exc:
