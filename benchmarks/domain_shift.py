@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--guide-target", choices=["soft", "hard"],
-                        help="unlabelled guide target: the normalised guide g, or g binarised at 0.5 (METHOD.md §2); "
+                        help="unlabelled guide target: the normalised guide g, or g binarised at 0.5 (METHOD_NOTES.md §2); "
                              "default: the model's own guide mode")
     parser.add_argument("--keep", type=Path, help="also save the adapted model here")
     args = parser.parse_args()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 from wsi_frgnet.cli.common import handles_user_errors
+
 from wsi_frgnet.config import TargetConfig
 
 

@@ -47,9 +47,9 @@ def _output_paths(slides: tuple[Path, ...], output: Path, gzip: bool) -> tuple[l
               help="GeoJSON file (.geojson, .json, or .gz of either) for one slide, or a folder for several.")
 @click.option("--model", "-m", "model_path", type=click.Path(path_type=Path), help="Model file [default: the model shipped with frgnet-wsi].")
 @mpp_option("µm/px of the slides, overriding (or replacing missing) metadata.")
-@click.option("--roi", nargs=4, type=int, metavar="X Y W H",
+@click.option("--roi", nargs=4, type=int, metavar="X Y W H", default=SegmentConfig.roi,
               help="Only this rectangle: level-0 px in the output's frame (QuPath's: relative to the slide bounds unless --no-bounds-offset).")
-@click.option("--roi-geojson", type=click.Path(path_type=Path), help="Only inside these QuPath annotations (exported GeoJSON).")
+@click.option("--roi-geojson", type=click.Path(path_type=Path), default=SegmentConfig.roi_geojson, help="Only inside these QuPath annotations (exported GeoJSON).")
 @click.option("--tissue-mask/--no-tissue-mask", default=SegmentConfig.tissue_mask, show_default=True, help="Skip glass, found on a low-resolution thumbnail.")
 @click.option("--tile-size", type=int, default=SegmentConfig.tile_size, show_default=True, help="Network tile side, px at the model's resolution.")
 @click.option("--context", "--overlap", "context", type=int, default=SegmentConfig.context, show_default=True,

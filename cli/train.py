@@ -15,7 +15,12 @@ from wsi_frgnet.cli.common import (
     quiet_option,
 )
 
-from wsi_frgnet.config import GUIDE_MODES, ModelConfig, TrainingConfig, default_guide_mode
+from wsi_frgnet.config import (
+    GUIDE_MODES,
+    ModelConfig,
+    TrainingConfig,
+    default_guide_mode,
+)
 
 _DEFAULTS = TrainingConfig()
 

@@ -10,8 +10,8 @@ Every feature is checked; ``object_type`` is the objectType expected ("detection
 from __future__ import annotations
 
 import gzip
-import json
 import math
+import re
 import uuid
 import zlib
 from pathlib import Path
@@ -20,17 +20,14 @@ from typing import Any
 import shapely
 from shapely.validation import explain_validity
 
-SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
+from wsi_frgnet.errors import InputError
+from wsi_frgnet.io.geojson import GEOJSON_SUFFIXES as SUFFIXES
+from wsi_frgnet.io.geojson import load_document
+
 NON_FINITE_STRINGS = ("NaN", "Infinity", "-Infinity")
 GZIP_MAGIC = b"\x1f\x8b"
-
-
-class _NonFiniteLiteral(ValueError):
-    pass
-
-
-def _reject_constant(name: str) -> float:
-    raise _NonFiniteLiteral(f"bare {name} literal in the JSON (write non-finite values as strings)")
+# A bare NaN / Infinity token where a JSON value starts (inside a string it follows a quote).
+_BARE_NON_FINITE = re.compile(r"[:\[,]\s*-?(NaN|Infinity)\b")
 
 
 def _load(path: Path) -> tuple[Any, list[str]]:
@@ -62,12 +59,13 @@ def _load(path: Path) -> tuple[Any, list[str]]:
     # JSON strings cannot hold raw newlines or tabs: any inside the text is layout whitespace.
     if "\n" in text.rstrip("\n") or "\t" in text:
         problems.append("JSON is not compact (newlines or indentation between tokens)")
+    bare = _BARE_NON_FINITE.search(text)
+    if bare:
+        return None, problems + [f"bare {bare.group(1)} literal in the JSON (write non-finite values as strings)"]
     try:
-        return json.loads(text, parse_constant=_reject_constant), problems
-    except _NonFiniteLiteral as exc:
+        return load_document(path), problems  # the project's own reader
+    except InputError as exc:
         return None, problems + [str(exc)]
-    except ValueError as exc:
-        return None, problems + [f"not valid JSON ({exc})"]
 
 
 def _is_number(value: Any) -> bool:

@@ -631,3 +631,36 @@ def test_console_script_error_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2, done
     assert done.stdout == ""
     assert [line for line in done.stderr.splitlines() if line.strip()] == [f"Error: {missing}: data folder does not exist"]
+
+
+@pytest.mark.parametrize(
+    ("command", "config", "renamed"),
+    [
+        ("segment", "SegmentConfig", {"threads": "reader_threads", "bounds_offset": "subtract_bounds"}),
+        ("train", "TrainingConfig", {}),
+        ("finetune", "FinetuneConfig", {}),
+    ],
+)
+def test_cli_defaults_are_the_config_defaults(command, config, renamed):
+    """Every option that sets a config field shows that field's default: one source of truth."""
+    import dataclasses
+
+    from wsi_frgnet.cli.main import main
+
+    from wsi_frgnet import config as configs
+
+    defaults = {field.name: field.default for field in dataclasses.fields(getattr(configs, config))}
+    checked = 0
+    for option in main.get_command(None, command).params:
+        field = renamed.get(option.name, option.name)
+        if field in defaults:
+            assert option.default == defaults[field], (command, option.name)
+            checked += 1
+    assert checked >= 5
+
+
+def test_partial_annotations_default_to_the_hard_guide():
+    from wsi_frgnet.config import default_guide_mode
+
+    assert default_guide_mode(0.3) == "hard"
+    assert default_guide_mode(1.0) == "soft"

@@ -390,15 +390,6 @@ def test_missing_folder_is_an_input_error(tmp_path: Path) -> None:
         write_geojson(tmp_path / "missing" / "cells.geojson", hand_made_nuclei(), SETTINGS)
 
 
-def test_read_features_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="no such file"):
-        read_features(tmp_path / "absent.geojson")
-    broken = tmp_path / "broken.geojson.gz"
-    broken.write_bytes(b"not gzip")
-    with pytest.raises(InputError, match="broken.geojson.gz"):
-        read_features(broken)
-
-
 def test_special_values_are_written_as_qupath_reads_them(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     nuclei = [

@@ -12,7 +12,12 @@ import shapely
 import torch
 
 from wsi_frgnet.geometry.boxes import bounding_boxes
-from wsi_frgnet.geometry.fourier import decode_contours, elliptic_fourier_descriptors, fourier_basis, resample_polygon
+from wsi_frgnet.geometry.fourier import (
+    decode_contours,
+    elliptic_fourier_descriptors,
+    fourier_basis,
+    resample_polygon,
+)
 from wsi_frgnet.geometry.outlines import centroids, trace_outline
 from wsi_frgnet.geometry.raster import polygon_maxima, polygons_to_label_map
 from wsi_frgnet.model.refinement import refine_contours

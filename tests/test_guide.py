@@ -1,4 +1,4 @@
-"""Tests for wsi_frgnet.model.guide: the training-free Fourier guide (METHOD.md §2)."""
+"""Tests for wsi_frgnet.model.guide: the training-free Fourier guide (METHOD_NOTES.md §2)."""
 
 from __future__ import annotations
 

@@ -355,3 +355,28 @@ def test_unknown_combines_with_keep_fraction() -> None:
     assert np.all(masked.score_weight <= plain.score_weight)
     cells = _cells(unknown, config.head_stride)
     assert np.all(masked.score_weight[cells & (masked.score == 0)] == 0)
+
+
+def test_read_features_takes_every_form_qupath_writes(tmp_path: Path) -> None:
+    """The one GeoJSON reader: a collection (nested too), a single feature, a list of features,
+    a bare geometry; gzip by content and a byte-order mark are fine."""
+    from wsi_frgnet.io.geojson import read_features
+
+    square = {"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]]]}
+    feature = {"type": "Feature", "geometry": square, "properties": {"objectType": "detection"}}
+    forms = {
+        "collection.geojson": json.dumps({"type": "FeatureCollection", "features": [feature, {
+            "type": "FeatureCollection", "features": [feature]}]}).encode(),
+        "feature.json": json.dumps(feature).encode(),
+        "list.geojson": json.dumps([feature, feature]).encode(),
+        "bare.geojson": b"\xef\xbb\xbf" + json.dumps(square).encode(),
+        "zipped.json.gz": gzip.compress(json.dumps([feature]).encode()),
+    }
+    counts = {}
+    for name, data in forms.items():
+        (tmp_path / name).write_bytes(data)
+        features = read_features(tmp_path / name)
+        assert all(f["type"] == "Feature" and f["geometry"] == square for f in features), name
+        counts[name] = len(features)
+    assert counts == {"collection.geojson": 2, "feature.json": 1, "list.geojson": 2, "bare.geojson": 1, "zipped.json.gz": 1}
+    _raises(tmp_path / "absent.geojson", "no such file", read_features, tmp_path / "absent.geojson")

@@ -226,8 +226,12 @@ def test_keep_owned_without_tolerance_gives_every_centroid_one_tile(region):
     points = np.column_stack([rng.uniform(x, x + width, 2000), rng.uniform(y, y + height, 2000)])
     corners = np.array([(t.core[0], t.core[1]) for t in tiles], dtype=np.float64)
     nuclei = [Nucleus(square_ring(px, py, 0.25), 0.9, 0.5) for px, py in np.concatenate([points, corners])]
-    owners = [sum(nucleus in keep_owned([nucleus], tile, tolerance=0) for tile in tiles) for nucleus in nuclei]
-    assert owners == [1] * len(nuclei)
+    owners = np.zeros(len(nuclei), dtype=int)
+    index = {id(nucleus): i for i, nucleus in enumerate(nuclei)}
+    for tile in tiles:
+        for nucleus in keep_owned(nuclei, tile, tolerance=0):
+            owners[index[id(nucleus)]] += 1
+    assert (owners == 1).all()
     outside = [Nucleus(square_ring(x + width, y, 0.25), 0.9, 0.5), Nucleus(square_ring(x - 0.5, y, 0.25), 0.9, 0.5)]
     assert not any(keep_owned(outside, tile, tolerance=0) for tile in tiles)
 

@@ -10,7 +10,13 @@ import torch
 from wsi_frgnet.config import ModelConfig, PostprocessConfig
 from wsi_frgnet.engine.inference import load_model
 from wsi_frgnet.errors import InputError
-from wsi_frgnet.model.model_file import FORMAT_VERSION, ModelCheckpoint, load_checkpoint, read_payload, save_checkpoint
+from wsi_frgnet.model.model_file import (
+    FORMAT_VERSION,
+    ModelCheckpoint,
+    load_checkpoint,
+    read_payload,
+    save_checkpoint,
+)
 
 FIXTURES = Path(__file__).parent / "data"
 VERSION_1 = FIXTURES / "model_v1_tiny.pt"  # written by frgnet-wsi 0.1.0 (format 1): a tiny, untrained network

@@ -20,8 +20,8 @@ from wsi_frgnet.engine.pipeline import segment_slide
 from wsi_frgnet.engine.planning import tissue_thumbnail_size
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.eval.metrics import score_instances
-from wsi_frgnet.io.geojson import read_features
 from wsi_frgnet.geometry.raster import polygons_to_label_map
+from wsi_frgnet.io.geojson import read_features
 from wsi_frgnet.synthetic import synthetic_nuclei
 
 CMU_SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"

@@ -1,4 +1,4 @@
-"""Tests for wsi_frgnet.engine.decode: NMS and network outputs → nucleus polygons (METHOD.md §5)."""
+"""Tests for wsi_frgnet.engine.decode: NMS and network outputs → nucleus polygons (METHOD_NOTES.md §5)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Tests for wsi_frgnet.train.targets.build_targets (METHOD.md §3 targets, §8 crop rules)."""
+"""Tests for wsi_frgnet.train.targets.build_targets (METHOD_NOTES.md §3)."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 import pytest
+import torch
 from scipy import ndimage
 
 from wsi_frgnet.config import ModelConfig, TargetConfig

@@ -1,4 +1,4 @@
-"""Partial annotations (METHOD.md §4): kept share, targets that never teach unlabelled nuclei as background."""
+"""Partial annotations (METHOD_NOTES.md §4): kept share, targets that never teach unlabelled nuclei as background."""
 
 import numpy as np
 import pytest

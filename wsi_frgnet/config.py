@@ -84,25 +84,25 @@ class ModelConfig:
 
 def default_guide_mode(keep_fraction: float) -> GuideMode:
     """The guide target a training run uses unless told otherwise: the hard (binarised) guide
-    when only a share of the nuclei is annotated (METHOD.md §4), else the soft one."""
+    when only a share of the nuclei is annotated (METHOD_NOTES.md §4), else the soft one."""
     return "hard" if keep_fraction < 1.0 else "soft"
 
 
 @dataclass(frozen=True)
 class TargetConfig:
-    """How label maps become training targets (METHOD.md §3, §8)."""
+    """How label maps become training targets (METHOD_NOTES.md §3)."""
 
     core_threshold: float = 0.8  # normalised distance to the border >= this: score foreground
     ignore_threshold: float = 0.5  # between this and core_threshold: ignored by the score loss
     min_area: int = 20  # instances smaller than this (px) are ignored, not taught as background
     min_kept_fraction: float = 0.1  # instances cut by a crop to less than this share are ignored
-    guide_radius: int = 1  # FFT high-pass radius R (METHOD.md §2)
+    guide_radius: int = 1  # FFT high-pass radius R (METHOD_NOTES.md §2)
     hard_guide_threshold: float = 0.5
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights of the training losses (METHOD.md §3)."""
+    """Weights of the training losses (METHOD_NOTES.md §3)."""
 
     instance: float = 1.0
     guide: float = 1.0
@@ -121,7 +121,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class PostprocessConfig:
-    """Network output → polygons (METHOD.md §5). Thresholds are stored in checkpoints."""
+    """Network output → polygons (METHOD_NOTES.md §5). Thresholds are stored in checkpoints."""
 
     score_threshold: float = 0.9
     nms_threshold: float = 0.3  # box IoU above which the lower-scoring contour is dropped

@@ -1,4 +1,4 @@
-"""Network outputs of one image → nucleus polygons (METHOD.md §5).
+"""Network outputs of one image → nucleus polygons (METHOD_NOTES.md §5).
 
 A pure function of the outputs and a ``PostprocessConfig``. Coordinates are input px of the
 network tile (x right, y down, pixel centre at index + 0.5).

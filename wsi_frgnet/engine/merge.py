@@ -22,7 +22,9 @@ nucleus with slightly different outlines: its centroids may fall on both sides o
 (both tiles keep it) or on neither (both drop it). :func:`keep_owned` therefore keeps centroids
 up to ``OWNERSHIP_TOLERANCE`` px outside the core, so nothing is lost, and
 :class:`BorderDeduplicator` removes the resulting pairs as they stream by, keeping the higher
-score, while holding only nuclei that a future tile could still duplicate.
+score, while holding only nuclei that a future tile could still duplicate. Held nuclei are
+found on a dictionary grid, which takes insertions and removals as they stream by (a
+``shapely.STRtree`` is built once and cannot).
 Nuclei larger than the tile context can be cut at tile edges and escape de-duplication:
 the slide pipeline warns about them, naming ``--context``.
 """

@@ -1,4 +1,4 @@
-"""Scoring a model (or the training-free guide) on a labelled data folder (METHOD.md §7)."""
+"""Scoring a model (or the training-free guide) on a labelled data folder (METHOD_NOTES.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FrGNet: a Contour Proposal Network with Fourier guidance (METHOD.md §1).
+"""FrGNet: a Contour Proposal Network with Fourier guidance (METHOD_NOTES.md §1).
 
 Input: (B, 3, H, W) normalised RGB, H and W multiples of ``config.size_multiple``.
 All outputs are in input pixels; maps are at stride 4 (CPN heads) or 2 (guide, refinement).

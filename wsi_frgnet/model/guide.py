@@ -1,4 +1,4 @@
-"""The training-free Fourier guide: a high-pass of the image that lights up nuclei (METHOD.md §2)."""
+"""The training-free Fourier guide: a high-pass of the image that lights up nuclei (METHOD_NOTES.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training losses of FrGNet (METHOD.md §3): CPN instance losses, guide BCE, GILC InfoNCE."""
+"""Training losses of FrGNet (METHOD_NOTES.md §3): CPN instance losses, guide BCE, GILC InfoNCE."""
 
 from __future__ import annotations
 

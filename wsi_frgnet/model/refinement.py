@@ -1,4 +1,4 @@
-"""Contour refinement (METHOD.md §1): contour points move along a predicted displacement field.
+"""Contour refinement (METHOD_NOTES.md §1): contour points move along a predicted displacement field.
 
 Frame: input pixels (x right, y down, pixel centre at index + 0.5).
 """

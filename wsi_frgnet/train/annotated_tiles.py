@@ -12,7 +12,7 @@ Two sources:
   OpenSlide bounds offset (``pipeline.output_offset``; plain images have none). When the file
   holds reviewed regions (``annotations.read_nuclei_and_regions``), the nuclei inside them are
   complete labels, tile pixels outside them are unknown, and nuclei outside them are not
-  read. Without regions the labels are partial: the rule of METHOD.md §4 applies to the whole
+  read. Without regions the labels are partial: the rule of METHOD_NOTES.md §4 applies to the whole
   tile (unlabelled guide-positive cells are never taught as background).
 - :class:`LabelMapLabels`: the label map (and ``unknown/`` mask) of a training-data folder
   image (``dataset_folder``), in image px = level-0 px, sampled at each working px's centre.
@@ -83,12 +83,12 @@ class PolygonLabels:
 
     @property
     def partial(self) -> bool:
-        """Partial labels (no reviewed region): METHOD.md §4 applies to every tile."""
+        """Partial labels (no reviewed region): METHOD_NOTES.md §4 applies to every tile."""
         return not self.regions
 
     def description(self) -> dict[str, Any]:
         """What provenance records about these annotations."""
-        rule = "reviewed regions (unknown outside)" if self.regions else "partial (METHOD.md §4)"
+        rule = "reviewed regions (unknown outside)" if self.regions else "partial (METHOD_NOTES.md §4)"
         return {"file": str(self.path), "rule": rule, "nuclei": len(self.nuclei), "regions": len(self.regions)}
 
     def candidate_tiles(self, tiles: list[Tile]) -> list[Tile]:

@@ -21,7 +21,7 @@ class LabelledArray:
 
     ``unknown``: optional (H, W) mask, True where nuclei were not annotated; training never
     teaches those pixels as background (``build_targets(..., unknown=...)``).
-    ``partial``: the labels hold only some of the image's nuclei, wherever they lie (METHOD.md
+    ``partial``: the labels hold only some of the image's nuclei, wherever they lie (METHOD_NOTES.md
     §4, ``build_targets(..., partial=True)``).
     """
 

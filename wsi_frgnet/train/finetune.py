@@ -1,6 +1,6 @@
 """Fine-tuning a trained model on a lab's own slides or images.
 
-Without annotations (unlabelled-domain adaptation, METHOD.md §6) only the Fourier guide head
+Without annotations (unlabelled-domain adaptation, METHOD_NOTES.md §6) only the Fourier guide head
 trains, on each tile's own annotation-free Fourier guide. With annotations (a QuPath GeoJSON
 export beside each input, or a training-data folder; see ``annotated_tiles``) the modules
 ``--freeze-all-but`` leaves trainable learn with the full training loss and targets, or the

@@ -25,6 +25,7 @@ from wsi_frgnet.config import (
     TargetConfig,
     TrainingConfig,
     config_to_dict,
+    default_guide_mode,
 )
 from wsi_frgnet.engine.devices import autocast_dtype
 from wsi_frgnet.engine.inference import images_to_tensor, predict_image
@@ -143,6 +144,9 @@ def _checkpoint(run: TrainingRun, model: FrgNet, extra: dict[str, Any]) -> Model
 def train(run: TrainingRun, train_images: list[LabelledArray], validation_images: list[LabelledArray]) -> dict[str, Any]:
     """Train, validating every ``validate_every`` epochs; write the best model (by validation
     PQ, or the last one without validation data) to ``run.output``. Returns a summary."""
+    if run.model_config.guide == "soft" and default_guide_mode(run.training.keep_fraction) == "hard":
+        logger.warning("partial labels (keep fraction %g) with the soft guide: the method teaches the hard guide "
+                       "here (the default when the guide is not chosen)", run.training.keep_fraction)
     torch.manual_seed(run.training.seed)
     model = FrgNet(run.model_config)
     dataset = RandomCrops(

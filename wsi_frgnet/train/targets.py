@@ -60,7 +60,7 @@ def build_targets(
     ``full_areas`` maps label id → area in the uncropped image, so that instances the crop cut
     to less than ``min_kept_fraction`` are ignored rather than taught. ``unknown`` (H, W) bool
     marks pixels whose annotation is missing: cells there are never taught as background.
-    ``partial``: the labels hold only some of the nuclei (METHOD.md §4): cells where at least
+    ``partial``: the labels hold only some of the nuclei (METHOD_NOTES.md §4): cells where at least
     half the pixels are guide-positive (normalised guide >= the hard-guide threshold) and
     unlabelled are ignored by the score loss instead of being taught as background.
     """
