@@ -4,7 +4,8 @@
 
 ``validate_qupath_geojson(path_or_obj)`` returns human-readable violations (empty: valid);
 ``assert_qupath_valid(path_or_obj)`` raises AssertionError listing the first few.
-Every feature is checked; ``object_type`` is the objectType expected ("detection" for nuclei).
+Every feature is checked; ``object_type`` is the objectType expected ("detection" for nuclei,
+"cell" for cells, None for either).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from shapely.validation import explain_validity
 
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.io.geojson import GEOJSON_SUFFIXES as SUFFIXES
-from wsi_frgnet.io.geojson import load_document
+from wsi_frgnet.io.geojson import load_document, read_features
 
 NON_FINITE_STRINGS = ("NaN", "Infinity", "-Infinity")
 GZIP_MAGIC = b"\x1f\x8b"
@@ -174,7 +175,7 @@ def _check_measurements(measurements: Any, where: str) -> list[str]:
     return problems
 
 
-def _check_feature(feature: Any, where: str, object_type: str) -> list[str]:
+def _check_feature(feature: Any, where: str, object_type: str | None) -> list[str]:
     if not isinstance(feature, dict):
         return [f"{where}: not an object"]
     problems = []
@@ -196,8 +197,11 @@ def _check_feature(feature: Any, where: str, object_type: str) -> list[str]:
         problems.append(f"{where}: nucleusGeometry inside properties (it is a sibling of geometry)")
     if "type" in properties:
         problems.append(f"{where}: 'type' key inside properties (QuPath reads it as objectType)")
-    if properties.get("objectType") != object_type:
-        problems.append(f"{where}: objectType is {properties.get('objectType')!r}, not {object_type!r}")
+    actual = properties.get("objectType")
+    if actual != object_type and not (object_type is None and actual in ("detection", "cell")):
+        problems.append(f"{where}: objectType is {actual!r}, not {object_type!r}")
+    if actual == "cell" and "nucleusGeometry" not in feature:
+        problems.append(f"{where}: a cell without nucleusGeometry")
     if "classification" in properties:
         problems += _check_classification(properties["classification"], where)
     else:
@@ -213,7 +217,7 @@ def _check_feature(feature: Any, where: str, object_type: str) -> list[str]:
     return problems
 
 
-def validate_qupath_geojson(path_or_obj: Any, object_type: str = "detection") -> list[str]:
+def validate_qupath_geojson(path_or_obj: Any, object_type: str | None = "detection") -> list[str]:
     """Violations of the QuPath GeoJSON contract in a file (``.gz``: gzip) or a parsed object."""
     if isinstance(path_or_obj, (str, Path)):
         data, problems = _load(Path(path_or_obj))
@@ -239,10 +243,26 @@ def validate_qupath_geojson(path_or_obj: Any, object_type: str = "detection") ->
     return problems
 
 
-def assert_qupath_valid(path_or_obj: Any, object_type: str = "detection", show: int = 5) -> None:
+def assert_qupath_valid(path_or_obj: Any, object_type: str | None = "detection", show: int = 5) -> None:
     """AssertionError listing the first ``show`` violations when there are any."""
     problems = validate_qupath_geojson(path_or_obj, object_type)
     if problems:
         listed = "\n  ".join(problems[:show])
         more = f"\n  ... and {len(problems) - show} more" if len(problems) > show else ""
         raise AssertionError(f"{len(problems)} QuPath contract violation(s):\n  {listed}{more}")
+
+
+def overlapping_pairs(path_or_features: Any, key: str = "geometry", tolerance: float = 1.0) -> list[tuple[int, int, float]]:
+    """(i, j, shared area px²) of every pair of features whose ``key`` geometries
+    ("geometry", or "nucleusGeometry" of cells) share more than ``tolerance`` px²."""
+    features = read_features(path_or_features) if isinstance(path_or_features, (str, Path)) else path_or_features
+    polygons = [shapely.geometry.shape(feature[key]) for feature in features]
+    tree = shapely.STRtree(polygons)
+    first, second = tree.query(polygons, predicate="intersects")
+    pairs = []
+    for i, j in zip(first.tolist(), second.tolist()):
+        if i < j:
+            shared = polygons[i].intersection(polygons[j]).area
+            if shared > tolerance:
+                pairs.append((i, j, shared))
+    return pairs

@@ -83,7 +83,7 @@ def test_written_features_pass_the_contract(tmp_path: Path, name: str) -> None:
     assert first["properties"] == {
         "objectType": "detection",
         "classification": {"name": "Nucleus", "color": list(export.DEFAULT_COLOUR)},
-        "measurements": {"Detection probability": 0.93, "Guide value": 0.71, "Area µm^2": 4.0, "Perimeter µm": 8.0},
+        "measurements": {"Detection probability": 0.93, "Guide value": 0.71},
     }
     for feature in features:
         assert "type" not in feature["properties"]
@@ -93,7 +93,7 @@ def test_written_features_pass_the_contract(tmp_path: Path, name: str) -> None:
 
 def test_output_is_compact_utf8(tmp_path: Path) -> None:
     path = tmp_path / "cells.geojson"
-    write_geojson(path, hand_made_nuclei(), SETTINGS)
+    write_geojson(path, [Nucleus(square(1.0, 1.0, 5.0), 0.9, 0.5, measurements={"Area µm^2": 1.0}), *hand_made_nuclei()], SETTINGS)
     raw = path.read_bytes()
     assert raw.startswith(b'{"type":"FeatureCollection","features":[{"type":"Feature","id":"')
     assert raw.endswith(b"]}")
@@ -241,7 +241,8 @@ def test_validator_catches_file_level_violations(tmp_path: Path, rule: str) -> N
 
 
 def test_validator_file_level_encodings(tmp_path: Path) -> None:
-    text = json.dumps(valid_collection(), ensure_ascii=False, separators=(",", ":"))
+    micro = nucleus_feature(Nucleus(square(1.0, 1.0, 5.0), 0.9, 0.5, measurements={"Area µm^2": 1.0}), SETTINGS)
+    text = json.dumps(collection([*valid_collection()["features"], micro]), ensure_ascii=False, separators=(",", ":"))
     latin = tmp_path / "latin.geojson"
     latin.write_bytes(text.encode("latin-1"))
     assert any("not UTF-8" in p for p in validate_qupath_geojson(latin))
@@ -260,20 +261,41 @@ def test_validator_file_level_encodings(tmp_path: Path) -> None:
 # Measurements, offsets, ids
 
 
-@pytest.mark.parametrize("mpp", [0.25, 0.5, 1.0])
-def test_area_and_perimeter_in_microns(mpp: float) -> None:
-    side = 12.0  # px
-    feature = nucleus_feature(Nucleus(square(3.0, 4.0, side), 0.9, 0.5), ExportSettings(microns_per_pixel=mpp))
+def test_the_measurements_a_nucleus_carries_are_written_after_probability_and_guide() -> None:
+    measured = {"Area µm^2": 9.123456, "Circularity": 0.9, "Hematoxylin: Mean": float("nan")}
+    feature = nucleus_feature(Nucleus(square(3.0, 4.0, 12.0), 0.9, 0.5, measurements=measured), SETTINGS)
     measurements = feature["properties"]["measurements"]
-    assert measurements["Area µm^2"] == pytest.approx((side * mpp) ** 2, abs=1e-4)
-    assert measurements["Perimeter µm"] == pytest.approx(4 * side * mpp, abs=1e-4)
-    assert "Area px^2" not in measurements
+    assert list(measurements) == ["Detection probability", "Guide value", "Area µm^2", "Circularity", "Hematoxylin: Mean"]
+    assert measurements["Area µm^2"] == 9.1235 and measurements["Hematoxylin: Mean"] == "NaN"
 
 
-def test_measurements_in_pixels_without_mpp() -> None:
-    feature = nucleus_feature(Nucleus(square(3.0, 4.0, 12.0), 0.9, 0.5), ExportSettings(microns_per_pixel=None))
-    measurements = feature["properties"]["measurements"]
-    assert measurements == {"Detection probability": 0.9, "Guide value": 0.5, "Area px^2": 144.0, "Perimeter px": 48.0}
+def test_a_nucleus_with_a_cell_is_written_as_a_qupath_cell(tmp_path: Path) -> None:
+    nucleus = Nucleus(square(10.0, 10.0, 6.0), 0.9, 0.5, cell=square(6.0, 6.0, 14.0), measurements={"Cell: Area µm^2": 12.25})
+    path = tmp_path / "cells.geojson"
+    assert write_geojson(path, [nucleus, hand_made_nuclei()[0]], SETTINGS) == 2
+    assert_qupath_valid(path, object_type=None)
+    cell, detection = read_features(path)
+    assert cell["properties"]["objectType"] == "cell" and detection["properties"]["objectType"] == "detection"
+    assert list(cell) == ["type", "id", "geometry", "nucleusGeometry", "properties"]
+    assert shapely.geometry.shape(cell["geometry"]).area == pytest.approx(196.0)
+    assert shapely.geometry.shape(cell["nucleusGeometry"]).area == pytest.approx(36.0)
+    assert cell["id"] == nucleus_feature(Nucleus(square(10.0, 10.0, 6.0), 0.9, 0.5), SETTINGS)["id"]  # the nucleus names it
+
+
+def test_the_table_has_one_row_per_feature(tmp_path: Path) -> None:
+    import csv
+
+    nuclei = [Nucleus(square(10.0 + 20 * i, 20.0, 8.0), 0.9, 0.5, measurements={"Area µm^2": 4.0, "Circularity": 0.785})
+              for i in range(3)]
+    path, table = tmp_path / "nuclei.geojson", tmp_path / "nuclei.csv"
+    settings = ExportSettings(microns_per_pixel=0.5, offset=(2.0, 0.0), slide_id="s")
+    assert write_geojson(path, nuclei, settings, table=table) == 3
+    rows = list(csv.DictReader(table.open(encoding="utf-8")))
+    assert [row["Object ID"] for row in rows] == [feature["id"] for feature in read_features(path)]
+    assert rows[0]["Object type"] == "detection"
+    assert float(rows[1]["Centroid X px"]) == pytest.approx(32.0) and float(rows[1]["Centroid Y px"]) == pytest.approx(24.0)
+    assert float(rows[1]["Centroid X µm"]) == pytest.approx(16.0) and float(rows[1]["Centroid Y µm"]) == pytest.approx(12.0)
+    assert rows[2]["Area µm^2"] == "4" and rows[2]["Detection probability"] == "0.9" and rows[2]["Circularity"] == "0.785"
 
 
 def test_offset_is_subtracted_from_every_coordinate() -> None:
@@ -423,7 +445,6 @@ def test_polygon_invalid_after_rounding_is_repaired() -> None:
     assert validate_qupath_geojson(collection([feature])) == []
     repaired = shapely.Polygon(feature["geometry"]["coordinates"][0])
     assert repaired.area == pytest.approx(25.0, abs=0.1)  # the larger of the two triangles-with-legs
-    assert feature["properties"]["measurements"]["Area px^2"] == pytest.approx(repaired.area, abs=1e-4)
 
 
 def test_polygons_degenerate_after_rounding_are_skipped(tmp_path: Path) -> None:
@@ -462,5 +483,4 @@ def test_exported_polygon_reproduces_its_mask(radius: float) -> None:
     raster = rasterise_half_covered(exported, mask.shape)
     iou = (raster & mask).sum() / (raster | mask).sum()
     assert iou >= 0.97
-    measured_area = feature["properties"]["measurements"]["Area µm^2"] / 0.25
-    assert measured_area == pytest.approx(mask.sum(), rel=0.03)  # encloses its mask by area
+    assert exported.area == pytest.approx(mask.sum(), rel=0.03)  # encloses its mask by area

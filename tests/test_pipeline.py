@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from qupath_contract import assert_qupath_valid
+from qupath_contract import assert_qupath_valid, overlapping_pairs
 from slide_factory import write_aperio_svs, write_pyramidal_tiff, write_tiff_with_bounds
 from wsi_frgnet.cli.main import main
 
@@ -266,6 +266,7 @@ def test_real_slide_with_the_shipped_default_model(tmp_path):
     assert result.exit_code == 0, result.output + result.stderr
     assert_qupath_valid(output)
     assert len(read_features(output)) > 1000  # a densely cellular 2220 x 2967 px region
+    assert overlapping_pairs(output) == []  # 200 pairs shared more than 1 px² before overlaps were settled
 
 
 @pytest.mark.skipif(not CMU_SLIDE.is_file(), reason="shared test slide not present")

@@ -201,6 +201,8 @@ class SegmentConfig:
     # side between 256 and thumbnail_size px (coarser for slides longer than 8 mm).
     tissue_microns_per_pixel: float = 4.0
     thumbnail_size: int = 2048
+    cell_expansion: float = 0.0  # µm each nucleus grows into its cell; 0: nuclei only
+    cell_constrain_scale: float = 1.5  # a cell stays inside its nucleus' hull scaled by this; <= 1: no limit
 
     def __post_init__(self) -> None:
         if self.tile_size % 32 or self.tile_size < 64:
@@ -213,6 +215,10 @@ class SegmentConfig:
             raise ValueError("--batch-size and reader threads must be at least 1")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {PRECISIONS}")
+        if not (math.isfinite(self.cell_expansion) and 0.0 <= self.cell_expansion <= 100.0):
+            raise ValueError(f"--cell-expansion {self.cell_expansion}: must be between 0 and 100 µm")
+        if not (math.isfinite(self.cell_constrain_scale) and 0.0 <= self.cell_constrain_scale <= 10.0):
+            raise ValueError(f"--cell-constrain-scale {self.cell_constrain_scale}: must be between 0 and 10")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""The unit every stage passes on: one detected nucleus (outline, score, guide value)."""
+"""The unit every stage passes on: one detected nucleus (outline, score, guide value, and at
+the end its cell and measurements)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
@@ -16,11 +17,16 @@ class Nucleus:
     stage that holds it (tile px after decoding, working px while merging, level-0 px on output).
     score: detection probability in [0, 1]. guide: max of the predicted guide inside the
     polygon, in [0, 1], or NaN when the model has no guide.
+    cell: (m, 2) closed ring of the cell around the nucleus, same frame, or None (no cells).
+    measurements: QuPath-named measurements (``wsi_frgnet.engine.measurements``), in µm where
+    the µm/px is known; empty until the slide pipeline measures the nucleus.
     """
 
     polygon: np.ndarray
     score: float
     guide: float
+    cell: np.ndarray | None = None
+    measurements: dict[str, float] = field(default_factory=dict)
 
     @property
     def centroid(self) -> tuple[float, float]:

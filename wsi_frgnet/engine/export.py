@@ -1,17 +1,18 @@
-"""Nuclei → QuPath GeoJSON: one ``detection`` Feature per nucleus, streamed to disk atomically.
+"""Nuclei → QuPath GeoJSON: one Feature per nucleus, streamed to disk atomically.
 
 The contract is docs/QUPATH_GEOJSON.md (read from QuPath's own reader). In short: a compact
 UTF-8 ``FeatureCollection``; per nucleus a Feature with a UUID ``id``, a closed, valid
 ``Polygon`` in level-0 px of the full slide with at most 2 decimals, and ``properties`` holding
 ``objectType: "detection"``, a ``classification`` object with ``name`` and ``color`` and a flat
-``measurements`` map; never a ``type`` key inside ``properties``.
+``measurements`` map (detection probability, guide value and the nucleus' own measurements);
+never a ``type`` key inside ``properties``. A nucleus with a cell becomes ``objectType:
+"cell"`` with the cell as ``geometry`` and the nucleus as ``nucleusGeometry``.
 
 Frames and units: input polygons are level-0 px of the slide (x right, y down, pixel centre at
 index + 0.5). ``ExportSettings.offset`` (OpenSlide ``bounds-x``/``bounds-y``) is subtracted,
 then coordinates are rounded to 0.01 px (QuPath's grid). Rounding can merge consecutive points
 or make a ring self-touch: consecutive duplicates are dropped, and an invalid ring is repaired
-with shapely ``make_valid`` (largest polygon part kept) or the nucleus is skipped. Area and
-perimeter are measured on the polygon as written: µm² / µm when the µm/px is known, else px² / px.
+with shapely ``make_valid`` (largest polygon part kept) or the nucleus is skipped.
 
 Ids are UUIDv5 (RFC 4122: SHA-1 of a namespace and a name) of the ``slide_id`` and the rounded
 polygon, so a re-run writes the same ids; identical polygons of one slide are written once.
@@ -38,6 +39,7 @@ import numpy as np
 import orjson
 import shapely
 
+from wsi_frgnet.engine.table import TableWriter
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.io.atomic import atomic_write
 from wsi_frgnet.io.geojson import GEOJSON_SUFFIXES, geojson_suffix
@@ -95,8 +97,6 @@ class ExportSettings:
 @dataclass(frozen=True)
 class _Shape:
     ring: np.ndarray  # (m, 2) float64 rounded, not closed, no consecutive duplicates, m >= 3
-    area: float  # px²
-    perimeter: float  # px
 
 
 def _round(coords: np.ndarray) -> np.ndarray:
@@ -130,15 +130,15 @@ def _repair(polygon: shapely.Polygon, attempts: int = 3) -> _Shape | None:
             return None
         polygon = shapely.Polygon(ring)
         if polygon.is_valid and polygon.area > 0:
-            return _Shape(ring, float(polygon.area), float(polygon.length))
+            return _Shape(ring)
     return None
 
 
-def _prepare(nuclei: Sequence[Nucleus], offset: tuple[float, float]) -> list[_Shape | None]:
-    """Offset, round, de-duplicate and validate a batch of polygons; None for a skipped one."""
+def _prepare(polygons: Sequence[np.ndarray], offset: tuple[float, float]) -> list[_Shape | None]:
+    """Offset, round, de-duplicate and validate a batch of rings; None for a skipped one."""
     rings = []
-    for nucleus in nuclei:
-        ring = np.asarray(nucleus.polygon, dtype=np.float64)
+    for polygon in polygons:
+        ring = np.asarray(polygon, dtype=np.float64)
         if ring.ndim != 2 or ring.shape[1] != 2:
             raise ValueError(f"nucleus polygon must be an (n, 2) array of (x, y), got shape {ring.shape}")
         if len(ring) > 1 and ring[0, 0] == ring[-1, 0] and ring[0, 1] == ring[-1, 1]:
@@ -169,11 +169,10 @@ def _prepare(nuclei: Sequence[Nucleus], offset: tuple[float, float]) -> list[_Sh
     polygons = shapely.polygons(shapely.linearrings(kept, indices=compact_index))
     valid = shapely.is_valid(polygons)
     areas = shapely.area(polygons)
-    perimeters = shapely.length(polygons)
     pieces = np.split(kept, np.cumsum(kept_lengths[usable])[:-1])
     for slot, (index, ring) in enumerate(zip(np.flatnonzero(usable), pieces)):
         if valid[slot] and areas[slot] > 0:
-            shapes[index] = _Shape(ring, float(areas[slot]), float(perimeters[slot]))
+            shapes[index] = _Shape(ring)
         else:
             shapes[index] = _repair(polygons[slot])
     return shapes
@@ -210,47 +209,47 @@ class _FeatureMaker:
         self.id_prefix = NUCLEUS_NAMESPACE.bytes + settings.slide_id.encode("utf-8") + b"\x00"
         self.class_name = settings.classification
         self.colour = [int(c) for c in settings.colour]
-        mpp = settings.microns_per_pixel
-        self.length_scale = float(mpp) if mpp is not None else 1.0
-        if mpp is not None:
-            self.area_key, self.perimeter_key = "Area µm^2", "Perimeter µm"
-        else:
-            self.area_key, self.perimeter_key = "Area px^2", "Perimeter px"
 
-    def batch(self, nuclei: Sequence[Nucleus], shapes: Sequence[_Shape]) -> Iterator[tuple[bytes, dict]]:
+    def batch(self, nuclei: Sequence[Nucleus], shapes: Sequence[_Shape], cells: Sequence[_Shape | None]) -> Iterator[tuple[bytes, dict]]:
         """(id digest, feature) per nucleus, built one at a time (a batch of live features would
-        only feed the garbage collector). Ids: UUIDv5 (SHA-1) of the namespace, slide_id and
-        the rounded, unclosed ring as little-endian float64."""
-        scores = _measurement_column([float(n.score) for n in nuclei])
+        only feed the garbage collector): a detection, or a cell when it has one. Ids: UUIDv5
+        (SHA-1) of the namespace, slide_id and the nucleus' rounded, unclosed ring as
+        little-endian float64."""
+        columns = {"Detection probability": _measurement_column([float(n.score) for n in nuclei])}
         guides = [float(n.guide) for n in nuclei]
-        guide_column = _measurement_column(guides)
-        areas = _measurement_column([shape.area * self.length_scale**2 for shape in shapes])
-        perimeters = _measurement_column([shape.perimeter * self.length_scale for shape in shapes])
-        for index, shape in enumerate(shapes):
+        columns["Guide value"] = _measurement_column(guides)
+        names = list(dict.fromkeys(name for nucleus in nuclei for name in nucleus.measurements))
+        for name in names:
+            columns[name] = _measurement_column([nucleus.measurements.get(name, math.nan) for nucleus in nuclei])
+        for index, (nucleus, shape, cell) in enumerate(zip(nuclei, shapes, cells)):
             digest = hashlib.sha1(self.id_prefix + np.ascontiguousarray(shape.ring, dtype="<f8").tobytes()).digest()
-            points = shape.ring.tolist()
-            points.append(points[0])
-            measurements: dict[str, float | str] = {"Detection probability": scores[index]}
+            measurements: dict[str, float | str] = {"Detection probability": columns["Detection probability"][index]}
             if not math.isnan(guides[index]):  # no guide: no measurement
-                measurements["Guide value"] = guide_column[index]
-            measurements[self.area_key] = areas[index]
-            measurements[self.perimeter_key] = perimeters[index]
-            feature = {
-                "type": "Feature",
-                "id": _uuid5_string(digest),
-                "geometry": {"type": "Polygon", "coordinates": [points]},
-                "properties": {
-                    "objectType": "detection",
-                    "classification": {"name": self.class_name, "color": list(self.colour)},
-                    "measurements": measurements,
-                },
+                measurements["Guide value"] = columns["Guide value"][index]
+            for name in names:
+                if name in nucleus.measurements:
+                    measurements[name] = columns[name][index]
+            feature = {"type": "Feature", "id": _uuid5_string(digest), "geometry": _polygon(cell or shape)}
+            if cell is not None:
+                feature["nucleusGeometry"] = _polygon(shape)
+            feature["properties"] = {
+                "objectType": "detection" if cell is None else "cell",
+                "classification": {"name": self.class_name, "color": list(self.colour)},
+                "measurements": measurements,
             }
             yield digest, feature
 
 
+def _polygon(shape: _Shape) -> dict:
+    points = shape.ring.tolist()
+    points.append(points[0])
+    return {"type": "Polygon", "coordinates": [points]}
+
+
 def _features(nuclei: Iterable[Nucleus], settings: ExportSettings, stats: dict[str, int]) -> Iterator[dict]:
     """Feature dicts in input order, prepared in batches; skips polygons degenerate after
-    rounding and repeated polygons (same id); counts both in ``stats``."""
+    rounding and repeated polygons (same id); counts both in ``stats``. A cell whose outline
+    does not survive rounding falls back to its nucleus' outline."""
     maker = _FeatureMaker(settings)
     # Repeats come from neighbouring tiles, which arrive close together in the stream: a window
     # of recent ids (8 bytes each) catches them in bounded memory (~15 MB).
@@ -258,12 +257,16 @@ def _features(nuclei: Iterable[Nucleus], settings: ExportSettings, stats: dict[s
     recent: deque[bytes] = deque()
     iterator = iter(nuclei)
     while batch := list(islice(iterator, _BATCH)):
-        shapes = _prepare(batch, settings.offset)
+        shapes = _prepare([nucleus.polygon for nucleus in batch], settings.offset)
         kept = [(nucleus, shape) for nucleus, shape in zip(batch, shapes) if shape is not None]
         stats["degenerate"] += len(batch) - len(kept)
         if not kept:
             continue
-        for digest, feature in maker.batch([k[0] for k in kept], [k[1] for k in kept]):
+        with_cells = [index for index, (nucleus, _) in enumerate(kept) if nucleus.cell is not None]
+        cells: list[_Shape | None] = [None] * len(kept)
+        for index, cell in zip(with_cells, _prepare([kept[i][0].cell for i in with_cells], settings.offset)):
+            cells[index] = cell or kept[index][1]
+        for digest, feature in maker.batch([k[0] for k in kept], [k[1] for k in kept], cells):
             key = digest[:8]
             if key in seen:
                 stats["duplicate"] += 1
@@ -287,21 +290,22 @@ def _check_suffix(path: Path) -> bool:
     return suffix.endswith(".gz")
 
 
-def write_geojson(path: Path, nuclei: Iterable[Nucleus], settings: ExportSettings) -> int:
+def write_geojson(path: Path, nuclei: Iterable[Nucleus], settings: ExportSettings, table: Path | None = None) -> int:
     """Stream ``nuclei`` into a QuPath GeoJSON FeatureCollection at ``path``; return the number
-    of features written (skipped polygons not counted).
+    of features written (skipped polygons not counted). With ``table``, also write one CSV row
+    per feature there (:mod:`~wsi_frgnet.engine.table`), in the same pass.
 
     Compact UTF-8 JSON; gzip when ``path`` ends with ``.gz`` (``.geojson.gz`` / ``.json.gz``).
     Nuclei are consumed lazily, in batches, and never all held in memory. Atomic: an exception
-    while writing (including KeyboardInterrupt from the producer) leaves neither output nor temp
-    file; an existing ``path`` is replaced only on success. InputError for an unsupported suffix
-    (only .geojson, .json, .geojson.gz, .json.gz) or an unwritable location.
+    while writing (including KeyboardInterrupt from the producer) leaves neither output (nor
+    table) nor temp file; an existing ``path`` is replaced only on success. InputError for an
+    unsupported suffix (only .geojson, .json, .geojson.gz, .json.gz) or an unwritable location.
     """
     path = Path(path)
     compressed = _check_suffix(path)
     stats = {"written": 0, "degenerate": 0, "duplicate": 0}
 
-    def write_stream(handle: BinaryIO) -> None:
+    def write_stream(handle: BinaryIO, rows: TableWriter | None) -> None:
         handle.write(_HEADER)
         separator = b""
         chunk: list[bytes] = []
@@ -310,22 +314,29 @@ def write_geojson(path: Path, nuclei: Iterable[Nucleus], settings: ExportSetting
             chunk.append(orjson.dumps(feature))
             separator = b","
             stats["written"] += 1
+            if rows is not None:
+                rows.add(feature)
             if len(chunk) >= 2 * _BATCH:
                 handle.write(b"".join(chunk))
                 chunk.clear()
         chunk.append(_FOOTER)
         handle.write(b"".join(chunk))
+        if rows is not None:
+            rows.close()
 
-    def write(handle: BinaryIO) -> None:
+    def write(handle: BinaryIO, rows: TableWriter | None = None) -> None:
         if not compressed:
-            write_stream(handle)
+            write_stream(handle, rows)
             return
         # filename=path.name: the header records the final name (minus .gz), not the temp file's;
         # mtime=0 keeps the bytes reproducible.
         with gzip.GzipFile(filename=path.name, mode="wb", fileobj=handle, compresslevel=GZIP_LEVEL, mtime=0) as zipped:
-            write_stream(zipped)
+            write_stream(zipped, rows)
 
-    atomic_write(path, write)
+    if table is None:
+        atomic_write(path, write)
+    else:  # the table is renamed into place right after the GeoJSON
+        atomic_write(Path(table), lambda rows: atomic_write(path, lambda handle: write(handle, TableWriter(rows, settings.microns_per_pixel))))
     if stats["degenerate"] or stats["duplicate"]:
         logger.info(
             "%s: skipped %d polygon(s) degenerate after rounding to 0.01 px and %d repeated polygon(s)",
@@ -333,5 +344,5 @@ def write_geojson(path: Path, nuclei: Iterable[Nucleus], settings: ExportSetting
             stats["degenerate"],
             stats["duplicate"],
         )
-    logger.info("%s: wrote %d nuclei", path, stats["written"])
+    logger.info("%s: wrote %d objects", path, stats["written"])
     return stats["written"]

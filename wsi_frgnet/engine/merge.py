@@ -39,6 +39,7 @@ from dataclasses import replace
 import numpy as np
 import shapely
 
+from wsi_frgnet.engine.overlaps import polygon_of, trimmed, with_polygon
 from wsi_frgnet.engine.tiling import Tile
 from wsi_frgnet.geometry.boxes import bounding_boxes
 from wsi_frgnet.geometry.outlines import centroids, stacked_by_length
@@ -48,16 +49,19 @@ OWNERSHIP_TOLERANCE = 2.0  # working px; how far two tiles' centroids of one nuc
 
 
 def translate(nuclei: Iterable[Nucleus], dx: float, dy: float) -> list[Nucleus]:
-    """New nuclei with every polygon moved by (dx, dy) px (e.g. tile-local → working px:
+    """New nuclei with every polygon (and cell) moved by (dx, dy) px (e.g. tile-local → working px:
     ``dx, dy = tile.read[:2]``)."""
     shift = np.array([dx, dy], dtype=np.float64)
-    return [replace(nucleus, polygon=nucleus.polygon + shift) for nucleus in nuclei]
+    return [replace(nucleus, polygon=nucleus.polygon + shift, cell=None if nucleus.cell is None else nucleus.cell + shift)
+            for nucleus in nuclei]
 
 
 def scale(nuclei: Iterable[Nucleus], factor: float) -> list[Nucleus]:
-    """New nuclei with every polygon scaled by ``factor`` about the origin (working px →
+    """New nuclei with every polygon (and cell) scaled by ``factor`` about the origin (working px →
     level-0 px: ``factor`` = level-0 px per working px)."""
-    return [replace(nucleus, polygon=nucleus.polygon * float(factor)) for nucleus in nuclei]
+    factor = float(factor)
+    return [replace(nucleus, polygon=nucleus.polygon * factor, cell=None if nucleus.cell is None else nucleus.cell * factor)
+            for nucleus in nuclei]
 
 
 def keep_owned(nuclei: Iterable[Nucleus], tile: Tile, tolerance: float = OWNERSHIP_TOLERANCE) -> list[Nucleus]:
@@ -87,7 +91,7 @@ def keep_owned(nuclei: Iterable[Nucleus], tile: Tile, tolerance: float = OWNERSH
 class _Candidate:
     """A nucleus with its bounding box; its shapely polygon is built only when compared."""
 
-    __slots__ = ("nucleus", "bounds", "tile", "cells", "_shape", "_area")
+    __slots__ = ("nucleus", "bounds", "tile", "cells", "_shape", "_area", "_detected_area")
 
     def __init__(self, nucleus: Nucleus, tile: int, bounds: tuple[float, float, float, float]) -> None:
         self.nucleus = nucleus
@@ -96,20 +100,29 @@ class _Candidate:
         self.cells: list[tuple[int, int]] = []
         self._shape: shapely.Polygon | None = None
         self._area = 0.0
+        self._detected_area = 0.0
 
     @property
     def shape(self) -> shapely.Polygon:
         if self._shape is None:
-            polygon = shapely.Polygon(self.nucleus.polygon)
-            if not polygon.is_valid:
-                polygon = polygon.buffer(0)
-            self._shape, self._area = polygon, float(polygon.area)
+            self._shape = polygon_of(self.nucleus)
+            self._area = self._detected_area = float(self._shape.area)
         return self._shape
 
     @property
     def area(self) -> float:
         self.shape  # noqa: B018 (builds it)
         return self._area
+
+    def lose(self, winner: shapely.Polygon) -> bool:
+        """Give up the area shared with ``winner`` (overlaps.trimmed); False when nothing
+        worth keeping is left. The bounding box stays as it was (it only grows the wait)."""
+        rest = trimmed(self.shape, winner, self._detected_area)
+        if rest is None:
+            return False
+        self._shape, self._area = rest, float(rest.area)
+        self.nucleus = with_polygon(self.nucleus, rest)
+        return True
 
 
 class BorderDeduplicator:
@@ -120,8 +133,9 @@ class BorderDeduplicator:
 
     A new nucleus is a duplicate of a held nucleus from *another* tile when their polygons
     overlap with IoU > ``iou_threshold`` or intersection / smaller area > ``overlap_threshold``;
-    the higher score survives (the earlier one on a tie). Nuclei of the same tile are never
-    compared: the model's own non-maximum suppression already ruled on them.
+    the higher score survives (the earlier one on a tie). Two nuclei of different tiles that
+    overlap without being duplicates share their area by the rule of
+    :mod:`~wsi_frgnet.engine.overlaps`; nuclei of one tile were settled before they came here.
 
     Memory is bounded: future tiles own centroids (up to ``ownership_tolerance``, as given to
     :func:`keep_owned`) below the current row or right of the current core, and a nucleus
@@ -154,10 +168,21 @@ class BorderDeduplicator:
         # lazy-deletion heaps of (key, id): every held id is in _by_bottom and in exactly one of
         # _waiting_row (bottom band of the row, not yet releasable by x) or _by_right
         self._by_bottom: list[tuple[float, int]] = []
+        self._by_top: list[tuple[float, int]] = []  # held tops, for the frontier
+        self._above = -math.inf  # no nucleus of a future tile reaches above this (working px)
         self._waiting_row: list[tuple[float, int]] = []
         self._by_right: list[tuple[float, int]] = []
         self.replaced = 0  # earlier nuclei replaced by a higher-scoring duplicate
         self.dropped = 0  # new nuclei dropped as duplicates of a held one
+        self.trimmed_away = 0  # nuclei dropped because an overlap left too little of them
+
+    @property
+    def frontier(self) -> float:
+        """Working px y above which no nucleus still to come (held, or of a future tile) reaches:
+        every nucleus returned later has its bounding box's top at or below it."""
+        while self._by_top and self._by_top[0][1] not in self._held:
+            heapq.heappop(self._by_top)
+        return min(self._above, self._by_top[0][0]) if self._by_top else self._above
 
     @property
     def held(self) -> int:
@@ -179,6 +204,7 @@ class BorderDeduplicator:
         margin = self.margin
 
         above = core_y - margin  # clear of every future centroid by more than margin
+        self._above = above
         row_bottom_limit = core_y + core_height - margin
         left_of = core_x + core_width - margin
         final = []
@@ -189,7 +215,7 @@ class BorderDeduplicator:
                 continue
             bottom, right = candidate.bounds[3], candidate.bounds[2]
             if bottom <= above or (bottom <= row_bottom_limit and right <= left_of):
-                final.append(nucleus)  # no future tile can reach it: never stored
+                final.append(candidate.nucleus)  # no future tile can reach it: never stored
             else:
                 self._hold(candidate, row_bottom_limit)
         return final + self._release(above, row_bottom_limit, left_of)
@@ -200,6 +226,7 @@ class BorderDeduplicator:
         self._held.clear()
         self._grid.clear()
         self._by_bottom.clear()
+        self._by_top.clear()
         self._waiting_row.clear()
         self._by_right.clear()
         return final
@@ -207,20 +234,39 @@ class BorderDeduplicator:
     # -- internals ---------------------------------------------------------------------------
 
     def _survives(self, candidate: _Candidate) -> bool:
-        """Resolve duplicates with held nuclei of other tiles: False when the candidate loses
-        (it is dropped); otherwise the held duplicates it beats are forgotten."""
+        """Resolve duplicates and overlaps with held nuclei of other tiles: False when the
+        candidate loses (it is dropped); otherwise the held duplicates it beats are forgotten
+        and the overlaps are settled by the rule of :mod:`~wsi_frgnet.engine.overlaps`."""
         candidate.cells = self._cells(candidate.bounds)
-        others = {i for cell in candidate.cells for i in self._grid.get(cell, ())}
-        duplicates = [i for i in others if self._held[i].tile != candidate.tile and self._same(candidate, self._held[i])]
-        if not duplicates:
-            return True
-        if not candidate.nucleus.score > max(self._held[i].nucleus.score for i in duplicates):
-            self.dropped += 1
-            return False
-        for other_id in duplicates:
-            self._forget(other_id)
-            self.replaced += 1
+        others = sorted({i for cell in candidate.cells for i in self._grid.get(cell, ()) if self._held[i].tile != candidate.tile})
+        duplicates = [i for i in others if self._same(candidate, self._held[i])]
+        if duplicates:
+            if not candidate.nucleus.score > max(self._held[i].nucleus.score for i in duplicates):
+                self.dropped += 1
+                return False
+            for other_id in duplicates:
+                self._forget(other_id)
+                self.replaced += 1
+        for other_id in others:
+            other = self._held.get(other_id)
+            if other is None or not self._overlap(candidate, other):
+                continue
+            if candidate.nucleus.score > other.nucleus.score:  # the held one came first: it wins a tie
+                if not other.lose(candidate.shape):
+                    self._forget(other_id)
+                    self.trimmed_away += 1
+            elif not candidate.lose(other.shape):
+                self.trimmed_away += 1
+                return False
         return True
+
+    @staticmethod
+    def _overlap(new: _Candidate, other: _Candidate) -> bool:
+        x0, y0, x1, y1 = new.bounds
+        ox0, oy0, ox1, oy1 = other.bounds
+        if x1 <= ox0 or ox1 <= x0 or y1 <= oy0 or oy1 <= y0:
+            return False
+        return float(shapely.area(shapely.intersection(new.shape, other.shape))) > 0.0
 
     def _hold(self, candidate: _Candidate, row_bottom_limit: float) -> None:
         held_id = self._next_id
@@ -230,6 +276,7 @@ class BorderDeduplicator:
             self._grid.setdefault(cell, set()).add(held_id)
         x0, y0, x1, y1 = candidate.bounds
         heapq.heappush(self._by_bottom, (y1, held_id))
+        heapq.heappush(self._by_top, (y0, held_id))
         if y1 <= row_bottom_limit:
             heapq.heappush(self._by_right, (x1, held_id))
         else:

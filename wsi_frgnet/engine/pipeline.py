@@ -12,6 +12,7 @@ stays bounded whatever the slide size.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -41,7 +42,15 @@ from wsi_frgnet.engine.merge import (
     scale,
     translate,
 )
-from wsi_frgnet.engine.planning import SlidePlan, output_offset, plan_slide, read_tile
+from wsi_frgnet.engine.objects import ObjectMaker, ObjectSettings
+from wsi_frgnet.engine.overlaps import resolve_overlaps
+from wsi_frgnet.engine.planning import (
+    SlidePlan,
+    output_offset,
+    plan_slide,
+    read_region,
+    read_tile,
+)
 from wsi_frgnet.engine.tiling import Tile
 from wsi_frgnet.geometry.outlines import stacked_by_length
 from wsi_frgnet.io.slide import open_slide, require_microns_per_pixel
@@ -74,7 +83,7 @@ class _TileResults:
         results, oversized = [], 0
         for index, tile in enumerate(tiles):
             nuclei, _ = decode_nuclei(output, index, self.model.network.config, self.model.postprocess, region=_owned_region(tile))
-            owned = keep_owned(translate(nuclei, *tile.read[:2]), tile)
+            owned = resolve_overlaps(keep_owned(translate(nuclei, *tile.read[:2]), tile))
             oversized += _count_oversized(owned, self.config.context)
             if self.plan.roi_polygons:
                 owned = [n for n in owned if _inside_any(n, self.plan.roi_polygons)]
@@ -113,7 +122,8 @@ def iterate_nuclei(
     progress: tqdm | None = None,
     summary: SegmentSummary | None = None,
 ) -> Iterator[Nucleus]:
-    """Every nucleus of the planned tiles, once, in level-0 px, streamed tile row by tile row.
+    """Every nucleus of the planned tiles, once, in level-0 px, streamed tile row by tile row,
+    measured, and with its cell when ``config.cell_expansion`` > 0.
 
     Close the generator (or exhaust it) before closing the slide: closing it stops the
     reading threads. With ``summary``, the count of oversized nuclei is recorded there instead
@@ -124,6 +134,12 @@ def iterate_nuclei(
     dtype = autocast_dtype(config.precision, device)
     checkpoint = model.checkpoint
     deduplicator = BorderDeduplicator()
+    model_mpp = plan.factor * plan.slide.microns_per_pixel if plan.slide.microns_per_pixel else None
+    objects = ObjectMaker(
+        lambda rect: read_region(plan, rect),
+        ObjectSettings(expansion=config.cell_expansion / model_mpp if model_mpp else 0.0,
+                       constrain_scale=config.cell_constrain_scale, microns_per_pixel=model_mpp),
+    )
     postprocess = _TileResults(model, plan, config)
     tiles_left = iter(plan.tiles)
     shares = network_thread_shares(device)
@@ -157,9 +173,9 @@ def iterate_nuclei(
             results, batch_oversized = in_flight.popleft().result().result()
             oversized += batch_oversized
             for tile, owned in results:
-                final = deduplicator.add(tile, owned)
-                emitted += len(final)
-                yield from scale(final, plan.factor)
+                made = objects.add(deduplicator.add(tile, owned), deduplicator.frontier)
+                emitted += len(made)
+                yield from scale(made, plan.factor)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(nuclei=emitted, refresh=False)
@@ -168,7 +184,7 @@ def iterate_nuclei(
         for executor in (readers, engine, post):
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
-    yield from scale(deduplicator.flush(), plan.factor)
+    yield from scale(objects.add(deduplicator.flush(), math.inf) + objects.flush(), plan.factor)
     if summary is not None:
         summary.oversized = oversized
     elif oversized:

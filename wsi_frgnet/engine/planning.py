@@ -117,7 +117,13 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> Slide
 
 def read_tile(plan: SlidePlan, tile: Tile) -> np.ndarray:
     """The tile's read rectangle as (h, w, 3) uint8 at working resolution (white outside)."""
-    x, y, width, height = tile.read
+    return read_region(plan, tile.read)
+
+
+def read_region(plan: SlidePlan, rect: tuple[int, int, int, int]) -> np.ndarray:
+    """A rectangle (x, y, width, height) in working px as (height, width, 3) uint8 RGB at
+    working resolution, white outside the slide."""
+    x, y, width, height = (int(value) for value in rect)
     slide, factor, level = plan.slide, plan.factor, plan.level
     downsample = slide.level_downsamples[level]
     x0, y0 = x * factor, y * factor  # level-0 px
