@@ -38,7 +38,7 @@ def predict(images: tuple[Path, ...], output_dir: Path, model_path: Path, label_
     from wsi_frgnet.engine.devices import resolve_device
     from wsi_frgnet.engine.inference import load_model
     from wsi_frgnet.errors import InputError
-    from wsi_frgnet.eval.overlay import draw_outlines
+    from wsi_frgnet.engine.overlay import draw_outlines
     from wsi_frgnet.io.images import read_rgb, write_label_map, write_png
 
     stems = [path.stem for path in images]

@@ -41,6 +41,21 @@ def _output_paths(slides: tuple[Path, ...], output: Path, gzip: bool) -> tuple[l
     return outputs, True
 
 
+def _table_paths(slides: tuple[Path, ...], table: Path | None, into_folder: bool) -> list[Path | None]:
+    """Where each slide's table goes: TABLE itself (a .csv) for one slide written to a file,
+    TABLE/<slide stem>.csv (folder created) for a folder output."""
+    if table is None:
+        return [None] * len(slides)
+    if not into_folder:
+        if table.suffix.lower() != ".csv":
+            raise click.BadParameter(f"{table}: the table of one slide is a .csv file", param_hint="--table")
+        return [table]
+    if table.suffix:
+        raise click.BadParameter(f"{table}: with a folder output, give a folder for the tables (one .csv per slide)", param_hint="--table")
+    table.mkdir(parents=True, exist_ok=True)
+    return [table / f"{slide.stem}.csv" for slide in slides]
+
+
 @click.command()
 @click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
@@ -59,6 +74,13 @@ def _output_paths(slides: tuple[Path, ...], output: Path, gzip: bool) -> tuple[l
 @click.option("--threads", type=int, default=SegmentConfig.reader_threads, show_default=True, help="Slide-reading threads.")
 @click.option("--bounds-offset/--no-bounds-offset", default=SegmentConfig.subtract_bounds, show_default=True,
               help="Subtract the slide's OpenSlide bounds from coordinates, as QuPath does.")
+@click.option("--cell-expansion", type=float, default=SegmentConfig.cell_expansion, show_default=True, metavar="MICRONS",
+              help="Write QuPath cells: each nucleus grown by up to this many µm, stopping where neighbouring cells meet; 0: nuclei only.")
+@click.option("--cell-constrain-scale", type=float, default=SegmentConfig.cell_constrain_scale, show_default=True,
+              help="A cell stays inside its nucleus' convex hull scaled by this factor (as QuPath's constrain scale); 1 or less: no limit.")
+@click.option("--table", type=click.Path(path_type=Path),
+              help="Also write one CSV row per object (id, centroid in px and µm, every measurement): a .csv file for one slide, a folder for several.")
+@click.option("--qc", is_flag=True, help="Also write OUTPUT.qc.png beside each output: thumbnail, tissue outline, nucleus density and three crops with outlines.")
 @click.option("--gzip", is_flag=True, help="With a folder output: write .geojson.gz files.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that exist (otherwise those slides are skipped).")
 @threshold_options
@@ -67,10 +89,12 @@ def _output_paths(slides: tuple[Path, ...], output: Path, gzip: bool) -> tuple[l
 @handles_user_errors
 def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp: float | None, roi: tuple[int, int, int, int] | None,
             roi_geojson: Path | None, tissue_mask: bool, tile_size: int, context: int, batch_size: int, precision: str, threads: int,
-            bounds_offset: bool, gzip: bool, overwrite: bool, score_threshold: float | None, nms_threshold: float | None,
-            guide_threshold: float | None, device: str, quiet: bool) -> None:
+            bounds_offset: bool, cell_expansion: float, cell_constrain_scale: float, table: Path | None, qc: bool, gzip: bool,
+            overwrite: bool, score_threshold: float | None, nms_threshold: float | None, guide_threshold: float | None, device: str,
+            quiet: bool) -> None:
     """Find every nucleus in whole-slide images (any format OpenSlide reads, or plain images)
-    and write them as QuPath detections (GeoJSON, level-0 px).
+    and write them as QuPath detections, or cells with --cell-expansion (GeoJSON, level-0 px),
+    with QuPath-named measurements, and a run report (OUTPUT.run.json) beside each output.
 
     Several SLIDES go into the folder OUTPUT, one file each; a slide that fails is reported at
     the end and the exit status is non-zero.
@@ -83,13 +107,15 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
 
     try:
         config = SegmentConfig(tile_size=tile_size, context=context, batch_size=batch_size, tissue_mask=tissue_mask, roi=roi,
-                               roi_geojson=roi_geojson, subtract_bounds=bounds_offset, reader_threads=threads, precision=precision)
+                               roi_geojson=roi_geojson, subtract_bounds=bounds_offset, reader_threads=threads, precision=precision,
+                               cell_expansion=cell_expansion, cell_constrain_scale=cell_constrain_scale)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     if model_path is None:
         model_path = default_model_path()
     model = load_model(model_path, resolve_device(device), score_threshold, nms_threshold, guide_threshold)
     outputs, into_folder = _output_paths(slides, output, gzip)
+    tables = _table_paths(slides, table, into_folder)
     if into_folder:
         if output.exists() and not output.is_dir():
             raise InputError(f"{output}: exists and is not a folder; name the output .geojson or give a folder")
@@ -101,7 +127,7 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
             skipped += 1
             continue
         try:
-            summary = segment_slide(slide, model, config, target, microns_per_pixel=mpp, quiet=quiet)
+            summary = segment_slide(slide, model, config, target, microns_per_pixel=mpp, quiet=quiet, table=tables[slides.index(slide)], qc=qc)
         except InputError as exc:
             if len(slides) == 1:
                 raise
@@ -114,7 +140,8 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
             failures.append(slide)
             continue
         total += summary.nuclei
-        click.echo(f"{slide}: {summary.nuclei} nuclei, {summary.tissue_area_mm2:.2f} mm² of tissue, "
+        noun = "cells" if config.cell_expansion > 0 else "nuclei"
+        click.echo(f"{slide}: {summary.nuclei} {noun}, {summary.tissue_area_mm2:.2f} mm² of tissue, "
                    f"{summary.seconds:.1f} s -> {target}")
     if len(slides) > 1:
         done = len(slides) - skipped - len(failures)

@@ -81,6 +81,7 @@ class LoadedModel:
     network: FrgNet
     checkpoint: ModelCheckpoint
     postprocess: PostprocessConfig
+    path: Path | None = None  # the model file it was loaded from
 
     def predict(self, rgb: np.ndarray) -> ImagePrediction:
         return predict_image(self.network, rgb, self.postprocess, self.checkpoint.mean, self.checkpoint.std)
@@ -108,7 +109,7 @@ def load_model(
         )
         if value is not None
     }
-    return LoadedModel(checkpoint.build_model(device), checkpoint, replace(checkpoint.postprocess, **overrides))
+    return LoadedModel(checkpoint.build_model(device), checkpoint, replace(checkpoint.postprocess, **overrides), Path(path))
 
 
 def default_model_path() -> Path:

@@ -51,8 +51,12 @@ from wsi_frgnet.engine.planning import (
     read_region,
     read_tile,
 )
+from wsi_frgnet.engine.qc import QcCollector
+from wsi_frgnet.engine.report import write_run_report
 from wsi_frgnet.engine.tiling import Tile
 from wsi_frgnet.geometry.outlines import stacked_by_length
+from wsi_frgnet.io.geojson import geojson_suffix
+from wsi_frgnet.io.images import write_png
 from wsi_frgnet.io.slide import open_slide, require_microns_per_pixel
 from wsi_frgnet.nucleus import Nucleus
 
@@ -70,6 +74,7 @@ class SegmentSummary:
     seconds: float = 0.0
     oversized: int = 0  # nuclei reaching further than the context from their centre
     output: Path | None = None
+    geojson_seconds: float = 0.0  # until the GeoJSON was written (without the QC picture and report)
 
 
 class _TileResults:
@@ -207,9 +212,14 @@ def segment_slide(
     output: Path,
     microns_per_pixel: float | None = None,
     quiet: bool = False,
+    table: Path | None = None,
+    qc: bool = False,
 ) -> SegmentSummary:
-    """Segment one slide into a QuPath GeoJSON file (atomic; ``.gz`` suffix: gzip)."""
+    """Segment one slide into a QuPath GeoJSON file (atomic; ``.gz`` suffix: gzip), with its run
+    report beside it (:func:`run_report_path`); ``table``: also a CSV row per object; ``qc``:
+    also the QC picture (:func:`qc_picture_path`)."""
     started = time.monotonic()
+    output = Path(output)
     with open_slide(Path(path), microns_per_pixel) as slide:
         plan = plan_slide(slide, model, config)
         slide_mpp = require_microns_per_pixel(slide)
@@ -218,14 +228,51 @@ def segment_slide(
             offset=output_offset(slide, config),
             slide_id=f"{Path(path).name}:{slide.dimensions[0]}x{slide.dimensions[1]}",
         )
-        summary = SegmentSummary(slide=Path(path), tiles=len(plan.tiles), tissue_area_mm2=plan.area_mm2, output=Path(output))
+        summary = SegmentSummary(slide=Path(path), tiles=len(plan.tiles), tissue_area_mm2=plan.area_mm2, output=output)
+        collector = _qc_collector(plan, config) if qc else None
         with tqdm(total=len(plan.tiles), desc=Path(path).name, unit="tile", disable=quiet) as progress:
             nuclei = iterate_nuclei(plan, model, config, progress, summary)
+            stream = nuclei if collector is None else _observed(nuclei, collector)
             try:
-                summary.nuclei = write_geojson(output, nuclei, settings)
+                summary.nuclei = write_geojson(output, stream, settings, table)
             finally:
                 nuclei.close()
+            summary.geojson_seconds = time.monotonic() - started
+            if collector is not None:
+                picture = collector.picture()
+                write_png(qc_picture_path(output), picture)
     if summary.oversized:
         _warn_oversized(summary.oversized, config)
     summary.seconds = time.monotonic() - started
+    write_run_report(run_report_path(output), summary, plan, model, config, slide_mpp, table, qc_picture_path(output) if qc else None)
     return summary
+
+
+def _observed(nuclei: Iterator[Nucleus], collector: QcCollector) -> Iterator[Nucleus]:
+    for nucleus in nuclei:
+        collector.add(nucleus)
+        yield nucleus
+
+
+def _qc_collector(plan: SlidePlan, config: SegmentConfig) -> QcCollector:
+    """The QC collector, with the tissue mask's thumbnail (or a fresh one when the mask was off)."""
+    if plan.thumbnail is not None:
+        return QcCollector(plan, plan.thumbnail, plan.tissue, plan.thumbnail_downsample)
+    thumbnail, downsample = plan.slide.thumbnail(config.thumbnail_size)
+    return QcCollector(plan, thumbnail, None, downsample)
+
+
+def _stem(output: Path) -> str:
+    """The output's name without its GeoJSON suffix (``a.geojson.gz`` → ``a``)."""
+    suffix = geojson_suffix(output)
+    return output.name[: -len(suffix)] if suffix else output.stem
+
+
+def run_report_path(output: Path) -> Path:
+    """``nuclei.geojson`` → ``nuclei.run.json`` beside it."""
+    return output.with_name(_stem(output) + ".run.json")
+
+
+def qc_picture_path(output: Path) -> Path:
+    """``nuclei.geojson`` → ``nuclei.qc.png`` beside it."""
+    return output.with_name(_stem(output) + ".qc.png")

@@ -42,6 +42,9 @@ class SlidePlan:
     tiles: list[Tile]
     roi_polygons: list = field(default_factory=list)  # shapely polygons in working px
     area_mm2: float = 0.0  # tissue (or region) area the tiles cover
+    thumbnail: np.ndarray | None = None  # the tissue mask's thumbnail (RGB), when one was made
+    thumbnail_downsample: float = 1.0  # level-0 px per thumbnail px
+    tissue: np.ndarray | None = None  # the tissue mask (thumbnail px), when one was made
 
 
 def _clip(rect: tuple[float, float, float, float], bounds: tuple[int, int, int, int]) -> tuple[float, float, float, float] | None:
@@ -112,7 +115,10 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> Slide
         area_mm2 = min(area_mm2, float(mask.sum()) * (thumbnail_downsample * slide_mpp / 1000.0) ** 2)
     if not tiles:
         logger.warning("%s: no tissue found in the region; nothing to segment (--no-tissue-mask processes everything)", slide.path)
-    return SlidePlan(slide, factor, level, tiles, roi_polygons, area_mm2)
+    plan = SlidePlan(slide, factor, level, tiles, roi_polygons, area_mm2)
+    if config.tissue_mask and plan.tiles:
+        plan.thumbnail, plan.thumbnail_downsample, plan.tissue = thumbnail, thumbnail_downsample, mask
+    return plan
 
 
 def read_tile(plan: SlidePlan, tile: Tile) -> np.ndarray:

@@ -1,1 +1,1 @@
-"""Judging a model: PQ / AJI metrics, scoring a labelled folder, outline pictures."""
+"""Judging a model: PQ / AJI metrics, scoring a labelled folder."""
