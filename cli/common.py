@@ -60,7 +60,8 @@ def threshold_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 model_option = click.option(
-    "--model", "-m", "model_path", type=click.Path(path_type=Path), required=True, help="Model file (.pt) written by frgnet-wsi train."
+    "--model", "-m", "model_path", type=click.Path(path_type=Path), default=None,
+    help="Model file (.pt) written by frgnet-wsi train or finetune [default: the model shipped with frgnet-wsi].",
 )
 
 
@@ -80,3 +81,27 @@ def precision_option(default: str, help_text: str) -> Callable[[Callable[..., An
     from wsi_frgnet.config import PRECISIONS
 
     return click.option("--precision", type=click.Choice(PRECISIONS), default=default, show_default=True, help=help_text)
+
+
+def image_mpp(path: Path, given: float | None, model: Any) -> float | None:
+    """The µm/px to take an image at: ``given`` (--mpp), else its TIFF resolution when plausible,
+    else None (the image is taken at the model's µm/px, with a warning when the model knows it)."""
+    if given is not None:
+        return given
+    from wsi_frgnet.io.slide import PLAUSIBLE_MICRONS_PER_PIXEL, image_microns_per_pixel
+
+    found = image_microns_per_pixel(path)
+    low, high = PLAUSIBLE_MICRONS_PER_PIXEL
+    if found is not None and low <= found <= high:
+        return found
+    if model.checkpoint.microns_per_pixel is not None:
+        logging.getLogger(__name__).warning(
+            "%s: no µm/px in the file; taken at the model's %.3g µm/px (give --mpp otherwise)", path, model.checkpoint.microns_per_pixel
+        )
+    return None
+
+
+def refuse_to_replace(output: Path, overwrite: bool, resume: bool) -> None:
+    """A model file that exists is replaced only with --overwrite (or continued with --resume)."""
+    if output.exists() and not (overwrite or resume):
+        raise InputError(f"{output}: exists; give --overwrite to replace it (or --resume to continue its run)")

@@ -12,7 +12,9 @@ from wsi_frgnet.cli.common import (
     handles_user_errors,
     model_option,
     mpp_option,
+    precision_option,
     quiet_option,
+    refuse_to_replace,
 )
 
 from wsi_frgnet.config import FREEZE_CHOICES, FinetuneConfig
@@ -30,19 +32,21 @@ _DEFAULTS = FinetuneConfig()
 @click.option("--tiles-per-slide", type=click.IntRange(min=1), default=_DEFAULTS.tiles_per_slide, show_default=True,
               help="Random tiles per input (seeded): tissue tiles, or tiles overlapping the annotations.")
 @click.option("--tile-size", type=int, default=_DEFAULTS.tile_size, show_default=True, help="Tile side, px at the model's resolution (multiple of 32).")
-@click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS.epochs, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS.epochs, show_default=True, help="Passes over the sampled tiles.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True, help="Tiles per optimisation step.")
 @click.option("--learning-rate", type=float, default=_DEFAULTS.learning_rate, show_default=True,
               help="AdamW peak rate. 1e-3 degraded the guide in our domain-shift experiment (docs/RESULTS.md).")
 @mpp_option("µm/px of the inputs, overriding (or replacing missing) metadata.")
-@click.option("--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed, show_default=True, help="Seed of the tile sample and the training.")
 @click.option("--workers", type=click.IntRange(min=0), default=_DEFAULTS.workers, show_default=True, help="Data-loading processes.")
+@precision_option(_DEFAULTS.precision, "Training precision; auto: bf16 on CUDA GPUs that compute it natively, else fp32.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run whose state lies beside --output.")
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists (otherwise an existing file is an error).")
 @device_option
 @quiet_option
 @handles_user_errors
-def finetune(inputs: tuple[Path, ...], model_path: Path, output: Path, keep: str, tiles_per_slide: int, tile_size: int, epochs: int,
-             batch_size: int, learning_rate: float, mpp: float | None, seed: int, workers: int, resume: bool, device: str,
+def finetune(inputs: tuple[Path, ...], model_path: Path | None, output: Path, keep: str, tiles_per_slide: int, tile_size: int, epochs: int,
+             batch_size: int, learning_rate: float, mpp: float | None, seed: int, workers: int, precision: str, resume: bool, overwrite: bool, device: str,
              quiet: bool) -> None:
     """Adapt a model to a lab's own slides or images (INPUT: slides, images, folders of
     images, or training-data folders with images/ and labels/ as for train).
@@ -72,11 +76,12 @@ def finetune(inputs: tuple[Path, ...], model_path: Path, output: Path, keep: str
 
     try:
         settings = FinetuneConfig(keep=keep, tiles_per_slide=tiles_per_slide, tile_size=tile_size, epochs=epochs,
-                                  batch_size=batch_size, learning_rate=learning_rate, seed=seed, workers=workers)
+                                  batch_size=batch_size, learning_rate=learning_rate, seed=seed, workers=workers, precision=precision)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     if not output.parent.is_dir():
         raise InputError(f"{output}: cannot write, output folder {output.parent} does not exist")
+    refuse_to_replace(output, overwrite, resume)
     model = load_model(model_path, resolve_device(device))
     sample = sample_tiles(list(inputs), model, tiles_per_slide, tile_size, seed, mpp)
     checkpoint = model.checkpoint
@@ -85,6 +90,6 @@ def finetune(inputs: tuple[Path, ...], model_path: Path, output: Path, keep: str
         microns_per_pixel=checkpoint.microns_per_pixel, mean=checkpoint.mean, std=checkpoint.std, device=resolve_device(device), resume=resume, quiet=quiet,
         provenance={"command": " ".join(["frgnet-wsi", *sys.argv[1:]])},
     )
-    summary = adapt(run, model, model_path, sample, keep)
+    summary = adapt(run, model, model.path, sample, keep)
     kind = "annotated" if sample.annotated else "unlabelled"
     click.echo(f"Wrote {output}: adapted on {len(sample.tiles)} {kind} tiles in {summary['seconds'] / 60:.1f} min.")

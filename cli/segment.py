@@ -14,6 +14,7 @@ from wsi_frgnet.cli.common import (
     configure_logging,
     device_option,
     handles_user_errors,
+    model_option,
     mpp_option,
     precision_option,
     quiet_option,
@@ -60,7 +61,7 @@ def _table_paths(slides: tuple[Path, ...], table: Path | None, into_folder: bool
 @click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="GeoJSON file (.geojson, .json, or .gz of either) for one slide, or a folder for several.")
-@click.option("--model", "-m", "model_path", type=click.Path(path_type=Path), help="Model file [default: the model shipped with frgnet-wsi].")
+@model_option
 @mpp_option("µm/px of the slides, overriding (or replacing missing) metadata.")
 @click.option("--roi", nargs=4, type=int, metavar="X Y W H", default=SegmentConfig.roi,
               help="Only this rectangle: level-0 px in the output's frame (QuPath's: relative to the slide bounds unless --no-bounds-offset).")
@@ -69,7 +70,7 @@ def _table_paths(slides: tuple[Path, ...], table: Path | None, into_folder: bool
 @click.option("--tile-size", type=int, default=SegmentConfig.tile_size, show_default=True, help="Network tile side, px at the model's resolution.")
 @click.option("--context", "--overlap", "context", type=int, default=SegmentConfig.context, show_default=True,
               help="Overlap on each tile side, px at the model's resolution; must exceed the largest nucleus.")
-@click.option("--batch-size", type=int, default=SegmentConfig.batch_size, show_default=True)
+@click.option("--batch-size", type=int, default=SegmentConfig.batch_size, show_default=True, help="Tiles per network pass.")
 @precision_option(SegmentConfig.precision, "auto: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16, else fp32.")
 @click.option("--threads", type=int, default=SegmentConfig.reader_threads, show_default=True, help="Slide-reading threads.")
 @click.option("--bounds-offset/--no-bounds-offset", default=SegmentConfig.subtract_bounds, show_default=True,
@@ -101,7 +102,7 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
     """
     configure_logging(quiet)
     from wsi_frgnet.engine.devices import resolve_device
-    from wsi_frgnet.engine.inference import default_model_path, load_model
+    from wsi_frgnet.engine.inference import load_model
     from wsi_frgnet.engine.pipeline import segment_slide
     from wsi_frgnet.errors import InputError
 
@@ -111,8 +112,6 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
                                cell_expansion=cell_expansion, cell_constrain_scale=cell_constrain_scale)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    if model_path is None:
-        model_path = default_model_path()
     model = load_model(model_path, resolve_device(device), score_threshold, nms_threshold, guide_threshold)
     outputs, into_folder = _output_paths(slides, output, gzip)
     tables = _table_paths(slides, table, into_folder)

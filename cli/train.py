@@ -13,6 +13,7 @@ from wsi_frgnet.cli.common import (
     mpp_option,
     precision_option,
     quiet_option,
+    refuse_to_replace,
 )
 
 from wsi_frgnet.config import (
@@ -30,13 +31,13 @@ _DEFAULTS = TrainingConfig()
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Model file to write (best on validation, else last).")
 @click.option("--validation", type=click.Path(path_type=Path), help="Validation data folder, or a text file of image names of DATA_DIR to hold out.")
 @click.option("--validation-fraction", type=float, help="Hold out this fraction of DATA_DIR's images at random (seeded).")
-@click.option("--epochs", type=int, default=_DEFAULTS.epochs, show_default=True)
-@click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True)
+@click.option("--epochs", type=int, default=_DEFAULTS.epochs, show_default=True, help="Passes over the training images (about as many crop pixels per epoch as they hold).")
+@click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True, help="Crops per optimisation step.")
 @click.option("--learning-rate", type=float, default=_DEFAULTS.learning_rate, show_default=True, help="AdamW peak learning rate.")
 @click.option("--warmup-epochs", type=float, default=_DEFAULTS.warmup_epochs, show_default=True, help="Linear warm-up, then cosine decay.")
 @click.option("--crop-size", type=int, default=_DEFAULTS.crop_size, show_default=True, help="Training crop side, px (multiple of 32).")
 @mpp_option("µm/px of the data (default: from DATA_DIR/manifest.json); stored in the model.")
-@click.option("--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed, show_default=True, help="Seed of the crops, augmentation, initial weights and kept annotations.")
 @click.option("--validate-every", type=int, default=_DEFAULTS.validate_every, show_default=True, help="Epochs between validation passes.")
 @click.option("--workers", type=click.IntRange(min=0), default=_DEFAULTS.workers, show_default=True, help="Data-loading processes (0: in the main process).")
 @click.option("--architecture", type=click.Choice(["default", "tiny"]), default="default", show_default=True, help="Network size; tiny is for tests and smoke runs.")
@@ -50,12 +51,13 @@ _DEFAULTS = TrainingConfig()
 @precision_option(_DEFAULTS.precision, "auto: bf16 on CUDA GPUs that compute it natively, else fp32 (fp16 runs with loss scaling).")
 @click.option("--mixed-precision/--no-mixed-precision", default=None, hidden=True, help="Old name: --no-mixed-precision is --precision fp32.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run whose state lies beside --output.")
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists (otherwise an existing file is an error).")
 @device_option
 @quiet_option
 @handles_user_errors
 def train(data_dir: Path, output: Path, validation: Path | None, validation_fraction: float | None, epochs: int, batch_size: int,
           learning_rate: float, warmup_epochs: float, crop_size: int, mpp: float | None, seed: int, validate_every: int,
-          workers: int, architecture: str, fourier_order: int | None, keep_fraction: float, guide: str | None, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool,
+          workers: int, architecture: str, fourier_order: int | None, keep_fraction: float, guide: str | None, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
           device: str, quiet: bool) -> None:
     """Train an FrGNet on DATA_DIR (images/ and labels/ with the same file stems).
 
@@ -81,6 +83,7 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    refuse_to_replace(output, overwrite, resume)
     run = TrainingRun(
         output=output, model_config=model_config, training=training, microns_per_pixel=mpp,
         device=resolve_device(device), resume=resume, quiet=quiet,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import shapely
 import tifffile
 import torch
 from click.testing import CliRunner, Result
@@ -247,8 +248,16 @@ def test_train_fourier_order_option(small_data: Path, tmp_path: Path) -> None:
 def test_fresh_train_restarts_log(small_data: Path, tmp_path: Path) -> None:
     output = tmp_path / "m.pt"
     assert_ok(invoke(*train_args(small_data, output, 1)))
-    assert_ok(invoke(*train_args(small_data, output, 1)))
+    assert_ok(invoke(*train_args(small_data, output, 1), "--overwrite"))
     assert [row["epoch"] for row in read_log(output)] == [1]
+
+
+def test_train_refuses_to_replace_a_model_without_overwrite(small_data: Path, tmp_path: Path) -> None:
+    output = tmp_path / "m.pt"
+    output.write_bytes(b"precious")
+    result = invoke(*train_args(small_data, output, 1))
+    assert result.exit_code == 2 and "--overwrite" in result.output and "\n" not in result.output.strip()
+    assert output.read_bytes() == b"precious"
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -289,9 +298,47 @@ def test_evaluate_guide_baseline(data_dir: Path, tmp_path: Path) -> None:
     assert f"PQ      {report['mean']['pq']:.4f}" in result.stdout
 
 
-def test_evaluate_needs_exactly_one_of_model_and_baseline(tiny_model_path: Path, data_dir: Path) -> None:
-    assert_user_error(invoke("evaluate", data_dir), usage=True, contains="--model")
+def test_evaluate_takes_at_most_one_of_model_and_baseline(tiny_model_path: Path, data_dir: Path) -> None:
     assert_user_error(invoke("evaluate", data_dir, "--model", tiny_model_path, "--baseline", "guide"), usage=True, contains="--model")
+
+
+def test_commands_default_to_the_shipped_model_and_warn_about_its_training_images(data_dir: Path, tmp_path: Path, caplog) -> None:
+    """Without --model, evaluate and predict use the shipped model; evaluate says when images
+    were in that model's training set (here: one image renamed to a MoNuSeg name it was trained on)."""
+    import logging
+
+    from wsi_frgnet.engine.inference import load_model
+
+    trained_on = load_model().checkpoint.provenance["training_images"][0]
+    for suffix in ("images", "labels"):
+        (data_dir / suffix / "img0.png").rename(data_dir / suffix / f"{trained_on}.png")
+    with caplog.at_level(logging.WARNING):
+        result = invoke("evaluate", data_dir, "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "1 of 3 images" in caplog.text and trained_on in caplog.text and "default.pt" in caplog.text
+    image = save_png(tmp_path / "a.png", synthetic_image(0, 64)[0])
+    result = invoke("predict", image, "-o", tmp_path / "out", "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "a_labels.png").is_file()
+
+
+def test_predict_resamples_to_the_model_resolution(overfitted_model) -> None:
+    """An image at half the model's resolution (0.5 µm/px) is upsampled for the network and
+    its outlines come back in the image's own px: about half as large as at 0.25 µm/px."""
+    from wsi_frgnet.engine.inference import load_model
+
+    run, image, _ = overfitted_model
+    model = load_model(run.output)
+    rgb = image.rgb
+    small = np.asarray(Image.fromarray(rgb).resize((128, 128), Image.Resampling.BILINEAR))
+    native = model.predict(rgb, 0.25)
+    resampled = model.predict(small, 0.5)
+    assert resampled.shape == (128, 128) and resampled.label_map().shape == (128, 128)
+    assert len(native.nuclei) > 5
+    assert abs(len(resampled.nuclei) - len(native.nuclei)) <= 0.25 * len(native.nuclei)
+    native_area = np.mean([shapely.Polygon(n.polygon).area for n in native.nuclei])
+    resampled_area = np.mean([shapely.Polygon(n.polygon).area for n in resampled.nuclei])
+    assert 0.18 < resampled_area / native_area < 0.35
 
 
 # ----------------------------------------------------------------------------- predict
@@ -326,9 +373,7 @@ def test_predict_tif_labels(tiny_model_path: Path, tmp_path: Path) -> None:
     assert (out / "a_guide.png").is_file() and (out / "a_overlay.png").is_file()
 
 
-def test_predict_needs_model_and_images(tiny_model_path: Path, tmp_path: Path) -> None:
-    image = save_png(tmp_path / "a.png", synthetic_image(0, 32)[0])
-    assert_user_error(invoke("predict", image, "-o", tmp_path / "out"), usage=True, contains="--model")
+def test_predict_needs_images(tiny_model_path: Path, tmp_path: Path) -> None:
     assert_user_error(invoke("predict", "-m", tiny_model_path, "-o", tmp_path / "out"), usage=True)
 
 

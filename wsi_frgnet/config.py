@@ -234,6 +234,7 @@ class FinetuneConfig:
     warmup_epochs: float = 0.5
     seed: int = 0
     workers: int = 0  # data-loading processes
+    precision: str = "auto"  # as TrainingConfig.precision
 
     def __post_init__(self) -> None:
         if self.keep not in FREEZE_CHOICES:
@@ -247,5 +248,5 @@ class FinetuneConfig:
         return TrainingConfig(
             epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
             warmup_epochs=self.warmup_epochs, crop_size=self.tile_size, seed=self.seed, workers=self.workers,
-            validate_every=self.epochs,
+            validate_every=self.epochs, precision=self.precision,
         )

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from wsi_frgnet.config import PostprocessConfig
 from wsi_frgnet.engine.decode import decode_nuclei
+from wsi_frgnet.engine.devices import autocast_dtype
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.geometry.raster import polygons_to_label_map
 from wsi_frgnet.model import FrgNet
@@ -74,6 +76,9 @@ def predict_image(
     return ImagePrediction(nuclei=nuclei, guide=guide, shape=(height, width))
 
 
+RESAMPLE_TOLERANCE = 0.05  # relative µm/px difference below which images are not resampled
+
+
 @dataclass
 class LoadedModel:
     """A model ready for inference, with the normalisation and thresholds it was stored with."""
@@ -82,24 +87,46 @@ class LoadedModel:
     checkpoint: ModelCheckpoint
     postprocess: PostprocessConfig
     path: Path | None = None  # the model file it was loaded from
+    autocast: torch.dtype | None = None  # inference precision of ``predict`` (None: fp32)
 
-    def predict(self, rgb: np.ndarray) -> ImagePrediction:
-        return predict_image(self.network, rgb, self.postprocess, self.checkpoint.mean, self.checkpoint.std)
+    def predict(self, rgb: np.ndarray, microns_per_pixel: float | None = None) -> ImagePrediction:
+        """Nuclei of an (H, W, 3) uint8 image, in its own px. ``microns_per_pixel`` (the image's):
+        the image is resampled to the model's µm/px for the network (bilinear) and the nuclei
+        and guide are brought back to the image's px, unless the two differ by less than
+        ``RESAMPLE_TOLERANCE``; None, or a model that records no µm/px: the image is taken as it is."""
+        model_mpp = self.checkpoint.microns_per_pixel
+        scale = 1.0 if microns_per_pixel is None or model_mpp is None else microns_per_pixel / model_mpp
+        if abs(scale - 1.0) < RESAMPLE_TOLERANCE:
+            return predict_image(self.network, rgb, self.postprocess, self.checkpoint.mean, self.checkpoint.std, self.autocast)
+        height, width = rgb.shape[:2]
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        resampled = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+        prediction = predict_image(self.network, resampled, self.postprocess, self.checkpoint.mean, self.checkpoint.std, self.autocast)
+        factors = np.array([width / size[0], height / size[1]])
+        nuclei = [replace(nucleus, polygon=nucleus.polygon * factors) for nucleus in prediction.nuclei]
+        guide = None
+        if prediction.guide is not None:
+            guide = np.asarray(Image.fromarray(prediction.guide).resize((width, height), Image.Resampling.BILINEAR))
+        return ImagePrediction(nuclei=nuclei, guide=guide, shape=(height, width))
 
-    def segment(self, rgb: np.ndarray) -> np.ndarray:
-        """Instance label map (H, W) int32 of an RGB image."""
-        return self.predict(rgb).label_map()
+    def segment(self, rgb: np.ndarray, microns_per_pixel: float | None = None) -> np.ndarray:
+        """Instance label map (H, W) int32 of an RGB image (``predict`` for the µm/px)."""
+        return self.predict(rgb, microns_per_pixel).label_map()
 
 
 def load_model(
-    path: Path,
+    path: Path | None = None,
     device: torch.device | str = "cpu",
     score_threshold: float | None = None,
     nms_threshold: float | None = None,
     guide_threshold: float | None = None,
+    precision: str = "fp32",
 ) -> LoadedModel:
-    """Load a model file for inference; thresholds left as None keep the checkpoint's values."""
-    checkpoint = load_checkpoint(Path(path))
+    """Load a model file for inference (None: the model shipped with the package,
+    :func:`default_model_path`); thresholds left as None keep the checkpoint's values;
+    ``precision`` is that of ``LoadedModel.predict`` (``engine.devices.autocast_dtype``)."""
+    path = default_model_path() if path is None else Path(path)
+    checkpoint = load_checkpoint(path)
     overrides = {
         name: value
         for name, value in (
@@ -109,7 +136,9 @@ def load_model(
         )
         if value is not None
     }
-    return LoadedModel(checkpoint.build_model(device), checkpoint, replace(checkpoint.postprocess, **overrides), Path(path))
+    network = checkpoint.build_model(device)
+    dtype = autocast_dtype(precision, next(network.parameters()).device)
+    return LoadedModel(network, checkpoint, replace(checkpoint.postprocess, **overrides), path, dtype)
 
 
 def default_model_path() -> Path:

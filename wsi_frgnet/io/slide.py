@@ -232,7 +232,7 @@ class ImageSlide(Slide):
         path = Path(path)
         self._pixels: np.ndarray | None = read_rgb(path)
         height, width = self._pixels.shape[:2]
-        super().__init__(path, ((width, height),), (1.0,), _tiff_microns_per_pixel(path), None, microns_per_pixel)
+        super().__init__(path, ((width, height),), (1.0,), image_microns_per_pixel(path), None, microns_per_pixel)
 
     def read(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
         self._check_read(width, height, level)
@@ -250,9 +250,10 @@ class ImageSlide(Slide):
         self._pixels = None
 
 
-def _tiff_microns_per_pixel(path: Path) -> float | None:
-    """Mean µm/px from the first page's X/YResolution (unit inch by default, or cm); None
-    when the file is no TIFF, has no usable tags, or the unit is NONE."""
+def image_microns_per_pixel(path: Path) -> float | None:
+    """Mean µm/px of an image file from its first page's TIFF X/YResolution (unit inch by
+    default, or cm), as written (check it against PLAUSIBLE_MICRONS_PER_PIXEL); None when the file is no TIFF, has no usable tags, or the
+    unit is NONE."""
     try:
         with tifffile.TiffFile(path) as tif:
             tags = tif.pages.first.tags
@@ -329,4 +330,4 @@ def require_microns_per_pixel(slide: Slide) -> float:
     return slide.microns_per_pixel
 
 
-__all__ = ["PLAUSIBLE_MICRONS_PER_PIXEL", "Slide", "OpenSlideSlide", "ImageSlide", "open_slide", "require_microns_per_pixel"]
+__all__ = ["PLAUSIBLE_MICRONS_PER_PIXEL", "Slide", "OpenSlideSlide", "ImageSlide", "image_microns_per_pixel", "open_slide", "require_microns_per_pixel"]
