@@ -79,6 +79,8 @@ def _table_paths(slides: tuple[Path, ...], table: Path | None, into_folder: bool
               help="Write QuPath cells: each nucleus grown by up to this many µm, stopping where neighbouring cells meet; 0: nuclei only.")
 @click.option("--cell-constrain-scale", type=float, default=SegmentConfig.cell_constrain_scale, show_default=True,
               help="A cell stays inside its nucleus' convex hull scaled by this factor (as QuPath's constrain scale); 1 or less: no limit.")
+@click.option("--measurements/--no-measurements", "measure", default=SegmentConfig.measure, show_default=True,
+              help="Shape and haematoxylin/eosin optical-density measurements of every object, named as QuPath names them.")
 @click.option("--table", type=click.Path(path_type=Path),
               help="Also write one CSV row per object (id, centroid in px and µm, every measurement): a .csv file for one slide, a folder for several.")
 @click.option("--qc", is_flag=True, help="Also write OUTPUT.qc.png beside each output: thumbnail, tissue outline, nucleus density and three crops with outlines.")
@@ -90,7 +92,7 @@ def _table_paths(slides: tuple[Path, ...], table: Path | None, into_folder: bool
 @handles_user_errors
 def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp: float | None, roi: tuple[int, int, int, int] | None,
             roi_geojson: Path | None, tissue_mask: bool, tile_size: int, context: int, batch_size: int, precision: str, threads: int,
-            bounds_offset: bool, cell_expansion: float, cell_constrain_scale: float, table: Path | None, qc: bool, gzip: bool,
+            bounds_offset: bool, cell_expansion: float, cell_constrain_scale: float, measure: bool, table: Path | None, qc: bool, gzip: bool,
             overwrite: bool, score_threshold: float | None, nms_threshold: float | None, guide_threshold: float | None, device: str,
             quiet: bool) -> None:
     """Find every nucleus in whole-slide images (any format OpenSlide reads, or plain images)
@@ -109,7 +111,7 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
     try:
         config = SegmentConfig(tile_size=tile_size, context=context, batch_size=batch_size, tissue_mask=tissue_mask, roi=roi,
                                roi_geojson=roi_geojson, subtract_bounds=bounds_offset, reader_threads=threads, precision=precision,
-                               cell_expansion=cell_expansion, cell_constrain_scale=cell_constrain_scale)
+                               cell_expansion=cell_expansion, cell_constrain_scale=cell_constrain_scale, measure=measure)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     model = load_model(model_path, resolve_device(device), score_threshold, nms_threshold, guide_threshold)

@@ -132,6 +132,15 @@ def overfitted_model(tmp_path_factory: pytest.TempPathFactory):
     return run, image, summary
 
 
+@pytest.fixture(scope="session")
+def model(overfitted_model):
+    """The overfitted tiny model, loaded for inference (do not change its settings in a test)."""
+    from wsi_frgnet.engine.inference import load_model
+
+    run, _, _ = overfitted_model
+    return load_model(run.output)
+
+
 def raises_one_line_error(path: Path, pattern: str, func, *args, **kwargs):
     """Assert ``func(*args, **kwargs)`` raises InputError matching ``pattern``, with a
     one-line message naming ``path``; returns the error."""

@@ -17,7 +17,6 @@ from wsi_frgnet.cli.main import main
 
 from wsi_frgnet.config import SegmentConfig
 from wsi_frgnet.engine.cells import cell_regions
-from wsi_frgnet.engine.inference import load_model
 from wsi_frgnet.engine.measurements import (
     intensity_measurements,
     shape_measurements,
@@ -28,12 +27,6 @@ from wsi_frgnet.io.geojson import read_features
 from wsi_frgnet.synthetic import synthetic_nuclei
 
 TILES = SegmentConfig(tile_size=128, context=32, batch_size=3)
-
-
-@pytest.fixture(scope="module")
-def model(overfitted_model):
-    run, _, _ = overfitted_model
-    return load_model(run.output)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from wsi_frgnet.cli.main import main
 
 from wsi_frgnet.config import SegmentConfig
 from wsi_frgnet.engine import devices, pipeline
-from wsi_frgnet.engine.inference import load_model
 from wsi_frgnet.engine.pipeline import segment_slide
 from wsi_frgnet.engine.planning import tissue_thumbnail_size
 from wsi_frgnet.errors import InputError
@@ -26,12 +25,6 @@ from wsi_frgnet.synthetic import synthetic_nuclei
 
 CMU_SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 SMALL_TILES = SegmentConfig(tile_size=128, context=32, batch_size=3)
-
-
-@pytest.fixture(scope="module")
-def model(overfitted_model):
-    run, _, _ = overfitted_model
-    return load_model(run.output)
 
 
 @pytest.fixture(scope="module")

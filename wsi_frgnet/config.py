@@ -203,6 +203,7 @@ class SegmentConfig:
     thumbnail_size: int = 2048
     cell_expansion: float = 0.0  # µm each nucleus grows into its cell; 0: nuclei only
     cell_constrain_scale: float = 1.5  # a cell stays inside its nucleus' hull scaled by this; <= 1: no limit
+    measure: bool = True  # shape and stain measurements of every object
 
     def __post_init__(self) -> None:
         if self.tile_size % 32 or self.tile_size < 64:

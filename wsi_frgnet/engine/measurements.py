@@ -3,7 +3,8 @@
 Shape, as QuPath's ``ObjectMeasurements.addShapeMeasurements`` (what StarDist's
 ``measureShape()`` calls): ``Area µm^2``, ``Length µm`` (the perimeter), ``Circularity``
 (4π area / perimeter²), ``Solidity`` (area / convex-hull area), ``Max diameter µm`` (diameter of
-the smallest enclosing circle), ``Min diameter µm`` (smallest caliper width), and
+the smallest enclosing circle), ``Min diameter µm`` (smallest caliper width, GEOS's minimum
+width as JTS's ``MinimumDiameter`` in QuPath), and
 ``Eccentricity`` (of the ellipse with the polygon's second moments, as QuPath's cell detection
 reports it). Cells prefix them with ``Nucleus: `` and ``Cell: `` and add
 ``Nucleus/Cell area ratio``. Without a known µm/px the units are ``px^2`` / ``px``.
@@ -100,7 +101,7 @@ def shape_measurements(polygons: np.ndarray, microns_per_pixel: float | None, pr
         f"{prefix}Circularity": circularity,
         f"{prefix}Solidity": solidity,
         f"{prefix}Max diameter {unit}": 2.0 * shapely.minimum_bounding_radius(polygons) * scale,
-        f"{prefix}Min diameter {unit}": _minimum_widths(polygons) * scale,
+        f"{prefix}Min diameter {unit}": shapely.length(shapely.minimum_width(polygons)) * scale,
         f"{prefix}Eccentricity": _eccentricities(polygons),
     }
 
@@ -109,23 +110,6 @@ def _rings(geometries: np.ndarray) -> list[np.ndarray]:
     """Closed exterior rings (m, 2) of polygons."""
     coordinates, owners = shapely.get_coordinates(shapely.get_exterior_ring(geometries), return_index=True)
     return np.split(coordinates, np.flatnonzero(np.diff(owners)) + 1) if len(coordinates) else []
-
-
-def _minimum_widths(polygons: np.ndarray) -> np.ndarray:
-    """(n,) smallest distance between two parallel lines enclosing each polygon (rotating
-    calipers over the edges of its convex hull), vectorised over hulls of equal length."""
-    out = np.zeros(len(polygons))
-    for indices, hulls in stacked_by_length(_rings(shapely.convex_hull(polygons))):
-        start, end = hulls[:, :-1], hulls[:, 1:]  # edges (k, e, 2)
-        direction = end - start
-        norm = np.hypot(direction[..., 0], direction[..., 1])
-        norm[norm == 0] = np.inf
-        relative = hulls[:, None, :-1, :] - start[:, :, None, :]  # (k, e, v, 2): vertex v from edge e
-        distance = np.abs(direction[:, :, None, 0] * relative[..., 1] - direction[:, :, None, 1] * relative[..., 0])
-        widths = distance.max(axis=2) / norm
-        out[indices] = np.where(np.isfinite(widths), widths, np.inf).min(axis=1) if hulls.shape[1] > 3 else 0.0
-    out[~np.isfinite(out)] = 0.0
-    return out
 
 
 def _eccentricities(polygons: np.ndarray) -> np.ndarray:

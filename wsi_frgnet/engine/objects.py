@@ -33,6 +33,7 @@ from wsi_frgnet.geometry.raster import polygons_to_label_map
 from wsi_frgnet.nucleus import Nucleus
 
 CHUNK = 1024  # working px: side of the squares ready nuclei are grouped by
+BATCH = 512  # nuclei without cells wait until this many are ready
 Reader = Callable[[tuple[int, int, int, int]], np.ndarray]  # (x, y, width, height) working px → RGB
 
 
@@ -40,11 +41,13 @@ Reader = Callable[[tuple[int, int, int, int]], np.ndarray]  # (x, y, width, heig
 class ObjectSettings:
     """What the last stage makes. ``expansion``: cell expansion, working px (0: nuclei only);
     ``constrain_scale``: cells stay inside the nucleus' hull scaled by this (≤ 1: no limit);
-    ``microns_per_pixel``: of working px, for measurements in µm (None: px)."""
+    ``microns_per_pixel``: of working px, for measurements in µm (None: px); ``measure``:
+    whether to measure at all."""
 
     expansion: float = 0.0
     constrain_scale: float = 0.0
     microns_per_pixel: float | None = None
+    measure: bool = True  # False: no measurements (and no pixels read)
 
 
 @dataclass
@@ -67,10 +70,14 @@ class ObjectMaker:
 
     def add(self, nuclei: Sequence[Nucleus], frontier: float) -> list[Nucleus]:
         """Take final nuclei; return the objects that became ready (in a deterministic order)."""
+        if not self.settings.measure and self.settings.expansion <= 0:
+            return list(nuclei)  # nothing to make
         for nucleus in nuclei:
             polygon = polygon_of(nucleus)
             self._pending.append(_Entry(nucleus, polygon, tuple(polygon.bounds)))
         reach = 2.0 * self.settings.expansion
+        if reach == 0 and len(self._pending) < BATCH:
+            return []  # nuclei alone are measured in batches: fewer, larger reads
         ready = [entry for entry in self._pending if entry.bounds[3] + reach < frontier or reach == 0]
         out = self._make(ready)
         # A made nucleus stays a neighbour while one still to make (waiting, or to come below the
@@ -120,7 +127,8 @@ class ObjectMaker:
         rings = [np.asarray(entry.polygon.exterior.coords) - (px0, py0) for entry in context]
         nucleus_labels = polygons_to_label_map(rings, shape)
         inner = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
-        densities = stain_densities(self.read((x0, y0, x1 - x0, y1 - y0)))
+        measure = self.settings.measure
+        densities = stain_densities(self.read((x0, y0, x1 - x0, y1 - y0))) if measure else None
         count = len(context)
         polygons = np.array([entry.polygon for entry in members], dtype=object)
         mpp = self.settings.microns_per_pixel
@@ -144,6 +152,8 @@ class ObjectMaker:
                 outline = _without(outline, shapely.union_all(blockers), entry.polygon)
             entry.cell = outline
             cell_shapes.append(outline)
+        if not measure:
+            return [self._finish(entry, index, {}, cell_shapes[index]) for index, entry in enumerate(members)]
         cell_labels = cells[inner].copy()
         cytoplasm = np.where(nucleus_labels[inner] == 0, cell_labels, 0)
         values = {

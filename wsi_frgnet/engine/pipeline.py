@@ -143,7 +143,7 @@ def iterate_nuclei(
     objects = ObjectMaker(
         lambda rect: read_region(plan, rect),
         ObjectSettings(expansion=config.cell_expansion / model_mpp if model_mpp else 0.0,
-                       constrain_scale=config.cell_constrain_scale, microns_per_pixel=model_mpp),
+                       constrain_scale=config.cell_constrain_scale, microns_per_pixel=model_mpp, measure=config.measure),
     )
     postprocess = _TileResults(model, plan, config)
     tiles_left = iter(plan.tiles)
