@@ -63,8 +63,7 @@ _FOOTER = b"]}"
 class ExportSettings:
     """How nuclei become QuPath features.
 
-    microns_per_pixel: level-0 µm/px for "Area µm^2" / "Perimeter µm"; None writes
-        "Area px^2" / "Perimeter px" instead.
+    microns_per_pixel: level-0 µm/px, for the table's centroids in µm (None: left empty).
     offset: (x, y) level-0 px subtracted from every coordinate (OpenSlide bounds-x / bounds-y
         when the slide declares them, because QuPath crops to the bounds).
     slide_id: identifies the slide in the deterministic ids (e.g. file name + dimensions).
