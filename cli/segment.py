@@ -29,6 +29,9 @@ def _output_paths(slides: tuple[Path, ...], output: Path, gzip: bool) -> tuple[l
     """(one output per slide, whether OUTPUT is a folder). OUTPUT itself for a single slide
     when it is named like a GeoJSON file; else OUTPUT/<slide stem>.geojson[.gz]."""
     named_as_file = is_geojson(output) and not output.is_dir()
+    if not named_as_file and output.suffix and not output.is_dir():
+        raise click.BadParameter(f"{output}: neither a GeoJSON file name (.geojson, .json, or .gz of either) nor a folder",
+                                 param_hint="--output")
     if named_as_file:
         if len(slides) > 1:
             raise click.BadParameter(f"{output} names one file, but {len(slides)} slides were given: give a folder", param_hint="--output")

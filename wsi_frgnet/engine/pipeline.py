@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from shapely import Point
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from wsi_frgnet.config import SegmentConfig
 from wsi_frgnet.engine.decode import decode_nuclei
@@ -230,13 +231,15 @@ def segment_slide(
         )
         summary = SegmentSummary(slide=Path(path), tiles=len(plan.tiles), tissue_area_mm2=plan.area_mm2, output=output)
         collector = _qc_collector(plan, config) if qc else None
-        with tqdm(total=len(plan.tiles), desc=Path(path).name, unit="tile", disable=quiet) as progress:
+        # Log lines go above the bar, not through it.
+        with tqdm(total=len(plan.tiles), desc=Path(path).name, unit="tile", disable=quiet) as progress, logging_redirect_tqdm():
             nuclei = iterate_nuclei(plan, model, config, progress, summary)
             stream = nuclei if collector is None else _observed(nuclei, collector)
             try:
                 summary.nuclei = write_geojson(output, stream, settings, table)
             finally:
                 nuclei.close()
+            progress.set_postfix(nuclei=summary.nuclei)  # as written (repeats and degenerate polygons left out)
             summary.geojson_seconds = time.monotonic() - started
             if collector is not None:
                 picture = collector.picture()

@@ -114,6 +114,7 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> Slide
         tiles = tiles_with_tissue(tiles, mask, thumbnail_downsample / factor)
         area_mm2 = min(area_mm2, float(mask.sum()) * (thumbnail_downsample * slide_mpp / 1000.0) ** 2)
     if not tiles:
+        area_mm2 = 0.0  # the mask's tissue lies outside the region, if anywhere
         logger.warning("%s: no tissue found in the region; nothing to segment (--no-tissue-mask processes everything)", slide.path)
     plan = SlidePlan(slide, factor, level, tiles, roi_polygons, area_mm2)
     if config.tissue_mask and plan.tiles:
