@@ -45,6 +45,9 @@ _DEFAULTS = TrainingConfig()
               help="Elliptic Fourier order of the contours (default: the architecture's, 12 for default).")
 @click.option("--keep-fraction", type=click.FloatRange(0.0, 1.0, min_open=True), default=_DEFAULTS.keep_fraction, show_default=True,
               help="Keep this seeded random share of each image's nuclei as annotations (weak supervision; implies --guide hard).")
+@click.option("--partial-rule", type=click.Choice(PARTIAL_RULES), default=TargetConfig.partial_rule, show_default=True,
+              help="With partial labels: which unlabelled cells are never taught as background: haematoxylin (optical density above "
+                   "the crop's Otsu threshold) or guide (the paper's: half the cell guide-positive).")
 @click.option("--guide", type=click.Choice(GUIDE_MODES), default=None,
               help="Fourier guide target: soft (default), hard (default with --keep-fraction < 1), none turns the guide module off.")
 @click.option("--contrastive/--no-contrastive", default=ModelConfig.contrastive, show_default=True, help="Guide-based instance-level contrastive loss (GILC).")
@@ -57,7 +60,7 @@ _DEFAULTS = TrainingConfig()
 @handles_user_errors
 def train(data_dir: Path, output: Path, validation: Path | None, validation_fraction: float | None, epochs: int, batch_size: int,
           learning_rate: float, warmup_epochs: float, crop_size: int, mpp: float | None, seed: int, validate_every: int,
-          workers: int, architecture: str, fourier_order: int | None, keep_fraction: float, guide: str | None, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
+          workers: int, architecture: str, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide: str | None, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
           device: str, quiet: bool) -> None:
     """Train an FrGNet on DATA_DIR (images/ and labels/ with the same file stems).
 
@@ -85,7 +88,7 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
         raise click.BadParameter(str(exc)) from exc
     refuse_to_replace(output, overwrite, resume)
     run = TrainingRun(
-        output=output, model_config=model_config, training=training, microns_per_pixel=mpp,
+        output=output, model_config=model_config, training=training, targets=TargetConfig(partial_rule=partial_rule), microns_per_pixel=mpp,
         device=resolve_device(device), resume=resume, quiet=quiet,
         provenance={"command": " ".join(["frgnet-wsi", *sys.argv[1:]])},
     )

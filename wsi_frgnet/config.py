@@ -10,6 +10,7 @@ from typing import Any, Literal
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")  # see engine.devices.autocast_dtype
 GuideMode = Literal["soft", "hard", "none"]
 GUIDE_MODES: tuple[str, ...] = ("soft", "hard", "none")
+PARTIAL_RULES: tuple[str, ...] = ("haematoxylin", "guide")
 # What ``finetune --freeze-all-but`` may leave trainable (see wsi_frgnet.train.finetune.trainable_modules).
 FREEZE_CHOICES: tuple[str, ...] = ("guide", "heads", "decoder", "none")
 
@@ -98,6 +99,13 @@ class TargetConfig:
     min_kept_fraction: float = 0.1  # instances cut by a crop to less than this share are ignored
     guide_radius: int = 1  # FFT high-pass radius R (METHOD_NOTES.md §2)
     hard_guide_threshold: float = 0.5
+    # Partial labels: which unlabelled cells are never taught as background (train.targets.
+    # unlabelled_nucleus_cells): "haematoxylin" (default) or "guide" (the paper's rule).
+    partial_rule: str = "haematoxylin"
+
+    def __post_init__(self) -> None:
+        if self.partial_rule not in PARTIAL_RULES:
+            raise ValueError(f"--partial-rule must be one of {PARTIAL_RULES}, not {self.partial_rule!r}")
 
 
 @dataclass(frozen=True)

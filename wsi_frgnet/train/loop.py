@@ -107,6 +107,7 @@ def _run_identity(run: TrainingRun, trainable: list[str]) -> dict[str, Any]:
     return {
         "model_config": config_to_dict(run.model_config),
         "training": training,
+        "targets": config_to_dict(run.targets),
         "trainable": trainable,
         "parent_sha256": run.provenance.get("parent_sha256"),
         "normalisation": [list(run.mean), list(run.std)],
@@ -147,6 +148,7 @@ def train(run: TrainingRun, train_images: list[LabelledArray], validation_images
     if run.model_config.guide == "soft" and default_guide_mode(run.training.keep_fraction) == "hard":
         logger.warning("partial labels (keep fraction %g) with the soft guide: the method teaches the hard guide "
                        "here (the default when the guide is not chosen)", run.training.keep_fraction)
+    run.provenance.setdefault("targets", config_to_dict(run.targets))
     torch.manual_seed(run.training.seed)
     model = FrgNet(run.model_config)
     dataset = RandomCrops(
