@@ -18,7 +18,9 @@ from wsi_frgnet.cli.common import (
 
 from wsi_frgnet.config import (
     GUIDE_MODES,
+    PARTIAL_RULES,
     ModelConfig,
+    TargetConfig,
     TrainingConfig,
     default_guide_mode,
 )
