@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,20 +17,37 @@ import click
 from wsi_frgnet.errors import InputError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a cluster's scheduler sends before killing a job): stop as on Ctrl-C, so
+    that temporary files go and journals stay."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def handles_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn an InputError (or a ValueError from a bad option value) into a one-line message
-    and exit status 2; Ctrl-C into exit status 130. No traceback for the user."""
+    and exit status 2; Ctrl-C into exit status 130 and SIGTERM into 143, after the command's
+    own clean-up. No traceback for the user."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
         try:
             return command(*args, **kwargs)
         except InputError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(2)
+        except Terminated:
+            click.echo("Stopped (SIGTERM); the same command continues where it stopped.", err=True)
+            sys.exit(143)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

@@ -88,7 +88,8 @@ def _table_paths(slides: tuple[Path, ...], table: Path | None, into_folder: bool
               help="Also write one CSV row per object (id, centroid in px and µm, every measurement): a .csv file for one slide, a folder for several.")
 @click.option("--qc", is_flag=True, help="Also write OUTPUT.qc.png beside each output: thumbnail, tissue outline, nucleus density and three crops with outlines.")
 @click.option("--gzip", is_flag=True, help="With a folder output: write .geojson.gz files.")
-@click.option("--overwrite", is_flag=True, help="Replace outputs that exist (otherwise those slides are skipped).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace outputs that exist (otherwise those slides are skipped) and start slides over instead of resuming them.")
 @threshold_options
 @device_option
 @quiet_option
@@ -103,7 +104,9 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
     with QuPath-named measurements, and a run report (OUTPUT.run.json) beside each output.
 
     Several SLIDES go into the folder OUTPUT, one file each; a slide that fails is reported at
-    the end and the exit status is non-zero.
+    the end and the exit status is non-zero. A run cut short (a crash, Ctrl-C, SIGTERM, SIGKILL)
+    keeps a journal of its finished tiles beside the output: the same command continues from
+    it and writes the same file.
     """
     configure_logging(quiet)
     from wsi_frgnet.engine.devices import resolve_device
@@ -131,7 +134,8 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
             skipped += 1
             continue
         try:
-            summary = segment_slide(slide, model, config, target, microns_per_pixel=mpp, quiet=quiet, table=tables[slides.index(slide)], qc=qc)
+            summary = segment_slide(slide, model, config, target, microns_per_pixel=mpp, quiet=quiet, table=tables[slides.index(slide)], qc=qc,
+                                    restart=overwrite)
         except InputError as exc:
             if len(slides) == 1:
                 raise

@@ -169,7 +169,52 @@ def test_an_interrupted_run_leaves_no_output(tmp_path, model, slide_image, monke
     monkeypatch.setattr(type(model.network), "forward", failing_forward)
     with pytest.raises(KeyboardInterrupt):
         segment_slide(slide, model, SMALL_TILES, tmp_path / "out.geojson", quiet=True)
-    assert list(tmp_path.iterdir()) == [slide]
+    # Nothing that looks finished: only the hidden journal of the tiles done is left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.geojson.journal", "slide.tiff"]
+
+
+def test_a_run_cut_short_resumes_to_the_same_file(tmp_path, model, slide_image, monkeypatch):
+    """Killed after some batches, the same call goes on from the journal: journalled tiles are
+    not run again and the output is byte for byte the uninterrupted one; stale temporary files
+    of the killed write are removed; a journal of other options is not mixed in."""
+    from wsi_frgnet.engine import pipeline as pipeline_module
+
+    rgb, _ = slide_image
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", rgb, mpp=0.25, levels=1)
+    straight = tmp_path / "straight.geojson"
+    segment_slide(slide, model, SMALL_TILES, straight, quiet=True)
+    output = tmp_path / "resumed.geojson"
+    calls = {"count": 0}
+    forward = type(model.network).forward
+
+    def counting_forward(self, images):
+        calls["count"] += 1
+        if calls.get("fail_at") == calls["count"]:
+            raise KeyboardInterrupt
+        return forward(self, images)
+
+    monkeypatch.setattr(type(model.network), "forward", counting_forward)
+    calls["fail_at"] = 5
+    with pytest.raises(KeyboardInterrupt):
+        segment_slide(slide, model, SMALL_TILES, output, quiet=True)
+    (tmp_path / ".resumed.geojson.1234.tmp").write_bytes(b"left by a killed write")
+    calls.update(count=0, fail_at=None)
+    summary = segment_slide(slide, model, SMALL_TILES, output, quiet=True)
+    batches = -(-summary.tiles // SMALL_TILES.batch_size)
+    assert calls["count"] < batches  # the journalled batches were not run again
+    assert output.read_bytes() == straight.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "resumed.geojson", "resumed.run.json", "slide.tiff", "straight.geojson", "straight.run.json"]
+    # A journal of other options is replaced, with a warning, not mixed in.
+    other = SegmentConfig(tile_size=128, context=32, batch_size=3, precision="bf16")
+    calls.update(count=0, fail_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        segment_slide(slide, model, other, tmp_path / "again.geojson", quiet=True)
+    assert pipeline_module.journal_path(tmp_path / "again.geojson").exists()
+    calls.update(count=0, fail_at=None)
+    segment_slide(slide, model, SMALL_TILES, tmp_path / "again.geojson", quiet=True)
+    assert (tmp_path / "again.geojson").read_bytes() == straight.read_bytes()
+    assert calls["count"] == batches
 
 
 def test_png_without_resolution_needs_mpp(tmp_path, model, slide_image):
@@ -280,3 +325,38 @@ def test_tissue_thumbnail_is_taken_at_about_four_microns_per_pixel_within_bounds
     assert tissue_thumbnail_size((5120, 4000), 0.25, config, ((5120, 4000), (2560, 2000), (1280, 1000), (200, 156))) == 320
     with pytest.raises(ValueError):
         SegmentConfig(tissue_microns_per_pixel=0.0)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_killed_command_run_again_gives_the_same_file(tmp_path, overfitted_model, signal_name):
+    """The user's view: `frgnet-wsi segment` killed half-way (SIGKILL, or SIGTERM as a cluster
+    sends) and run again writes the file an uninterrupted run writes; SIGTERM exits 143 and
+    leaves no temporary file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run, _, _ = overfitted_model
+    rgb, _ = synthetic_nuclei(768, 768, seed=21)
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", rgb, mpp=0.25, levels=1)
+    command = [sys.executable, "-c", "from wsi_frgnet.cli.main import main; main()", "segment", str(slide), "-m", str(run.output),
+               "--tile-size", "128", "--context", "32", "--batch-size", "2", "--device", "cpu", "-q"]
+    subprocess.run([*command, "-o", str(tmp_path / "straight.geojson")], check=True, capture_output=True)
+    output = tmp_path / "out.geojson"
+    journal = tmp_path / ".out.geojson.journal"
+    process = subprocess.Popen([*command, "-o", str(output)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (journal.exists() and journal.stat().st_size > 20000):
+        time.sleep(0.01)
+    process.send_signal(getattr(signal, signal_name))
+    _, stderr = process.communicate(timeout=60)
+    assert not output.exists()
+    if signal_name == "SIGTERM":
+        assert process.returncode == 143 and b"continues where it stopped" in stderr
+        assert not list(tmp_path.glob(".out.geojson.*.tmp"))
+    assert journal.exists()
+    subprocess.run([*command, "-o", str(output)], check=True, capture_output=True)
+    assert output.read_bytes() == (tmp_path / "straight.geojson").read_bytes()
+    assert not journal.exists()

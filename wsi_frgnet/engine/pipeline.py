@@ -27,7 +27,8 @@ from shapely import Point
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from wsi_frgnet.config import SegmentConfig
+from wsi_frgnet import __version__
+from wsi_frgnet.config import SegmentConfig, config_to_dict
 from wsi_frgnet.engine.decode import decode_nuclei
 from wsi_frgnet.engine.devices import (
     autocast_dtype,
@@ -36,6 +37,7 @@ from wsi_frgnet.engine.devices import (
 )
 from wsi_frgnet.engine.export import ExportSettings, write_geojson
 from wsi_frgnet.engine.inference import LoadedModel, images_to_tensor
+from wsi_frgnet.engine.journal import TileJournal, journal_path
 from wsi_frgnet.engine.merge import (
     OWNERSHIP_TOLERANCE,
     BorderDeduplicator,
@@ -55,10 +57,13 @@ from wsi_frgnet.engine.planning import (
 from wsi_frgnet.engine.qc import QcCollector
 from wsi_frgnet.engine.report import write_run_report
 from wsi_frgnet.engine.tiling import Tile
+from wsi_frgnet.errors import InputError
 from wsi_frgnet.geometry.outlines import stacked_by_length
+from wsi_frgnet.io.atomic import remove_stale_temporaries
 from wsi_frgnet.io.geojson import geojson_suffix
 from wsi_frgnet.io.images import write_png
 from wsi_frgnet.io.slide import open_slide, require_microns_per_pixel
+from wsi_frgnet.model.model_file import file_sha256
 from wsi_frgnet.nucleus import Nucleus
 
 logger = logging.getLogger(__name__)
@@ -84,17 +89,17 @@ class _TileResults:
     def __init__(self, model: LoadedModel, plan: SlidePlan, config: SegmentConfig) -> None:
         self.model, self.plan, self.config = model, plan, config
 
-    def __call__(self, tiles: list[Tile], output) -> tuple[list[tuple[Tile, list[Nucleus]]], int]:
-        """(tile, owned nuclei) per tile, and how many of them are oversized."""
-        results, oversized = [], 0
+    def __call__(self, tiles: list[Tile], output) -> list[tuple[Tile, list[Nucleus], int]]:
+        """(tile, owned nuclei, how many of them are oversized) per tile."""
+        results = []
         for index, tile in enumerate(tiles):
             nuclei, _ = decode_nuclei(output, index, self.model.network.config, self.model.postprocess, region=_owned_region(tile))
             owned = resolve_overlaps(keep_owned(translate(nuclei, *tile.read[:2]), tile))
-            oversized += _count_oversized(owned, self.config.context)
+            oversized = _count_oversized(owned, self.config.context)
             if self.plan.roi_polygons:
                 owned = [n for n in owned if _inside_any(n, self.plan.roi_polygons)]
-            results.append((tile, owned))
-        return results, oversized
+            results.append((tile, owned, oversized))
+        return results
 
 
 def _owned_region(tile: Tile) -> tuple[float, float, float, float]:
@@ -127,13 +132,15 @@ def iterate_nuclei(
     config: SegmentConfig,
     progress: tqdm | None = None,
     summary: SegmentSummary | None = None,
+    journal: TileJournal | None = None,
 ) -> Iterator[Nucleus]:
     """Every nucleus of the planned tiles, once, in level-0 px, streamed tile row by tile row,
     measured, and with its cell when ``config.cell_expansion`` > 0.
 
     Close the generator (or exhaust it) before closing the slide: closing it stops the
     reading threads. With ``summary``, the count of oversized nuclei is recorded there instead
-    of being logged.
+    of being logged. With ``journal``, tiles it holds are replayed from it instead of run, and
+    every tile run is added to it.
     """
     network = model.network
     device = next(network.parameters()).device
@@ -147,7 +154,6 @@ def iterate_nuclei(
                        constrain_scale=config.cell_constrain_scale, microns_per_pixel=model_mpp, measure=config.measure),
     )
     postprocess = _TileResults(model, plan, config)
-    tiles_left = iter(plan.tiles)
     shares = network_thread_shares(device)
     readers = ThreadPoolExecutor(config.reader_threads, thread_name_prefix="read")
     engine = network_executor(shares)
@@ -169,22 +175,40 @@ def iterate_nuclei(
         done.set_result(postprocess(tiles, output))
         return done
 
+    done = journal.done if journal is not None else {}
+    tiles_left = (tile for tile in plan.tiles if tile.index not in done)
+    computed: deque[tuple[Tile, list[Nucleus], int]] = deque()
+
+    def submit() -> None:
+        while len(in_flight) < depth and (batch := list(islice(tiles_left, config.batch_size))):
+            in_flight.append(engine.submit(run_network, batch, [readers.submit(read_tile, plan, tile) for tile in batch]))
+
+    def next_computed() -> tuple[Tile, list[Nucleus], int]:
+        while not computed:
+            submit()
+            results = in_flight.popleft().result().result()
+            if journal is not None:
+                for tile, owned, tile_oversized in results:
+                    journal.add(tile.index, owned, tile_oversized)
+            computed.extend(results)
+        return computed.popleft()
+
     try:
-        while True:
-            while len(in_flight) < depth and (batch := list(islice(tiles_left, config.batch_size))):
-                in_flight.append(engine.submit(run_network, batch, [readers.submit(read_tile, plan, tile) for tile in batch]))
-            if not in_flight:
-                break
+        for tile in plan.tiles:
+            submit()  # keep the network busy while journalled tiles are replayed
+            if tile.index in done:
+                owned, tile_oversized = done[tile.index]
+            else:
+                computed_tile, owned, tile_oversized = next_computed()
+                assert computed_tile.index == tile.index, "tiles came back out of order"
+            oversized += tile_oversized
             # Merging and writing (the caller's work between items) overlap with the network.
-            results, batch_oversized = in_flight.popleft().result().result()
-            oversized += batch_oversized
-            for tile, owned in results:
-                made = objects.add(deduplicator.add(tile, owned), deduplicator.frontier)
-                emitted += len(made)
-                yield from scale(made, plan.factor)
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(nuclei=emitted, refresh=False)
+            made = objects.add(deduplicator.add(tile, owned), deduplicator.frontier)
+            emitted += len(made)
+            yield from scale(made, plan.factor)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(nuclei=emitted, refresh=False)
     finally:
         # Also on errors and early close: no thread may touch the slide after this returns.
         for executor in (readers, engine, post):
@@ -215,12 +239,21 @@ def segment_slide(
     quiet: bool = False,
     table: Path | None = None,
     qc: bool = False,
+    restart: bool = False,
 ) -> SegmentSummary:
     """Segment one slide into a QuPath GeoJSON file (atomic; ``.gz`` suffix: gzip), with its run
     report beside it (:func:`run_report_path`); ``table``: also a CSV row per object; ``qc``:
-    also the QC picture (:func:`qc_picture_path`)."""
+    also the QC picture (:func:`qc_picture_path`).
+
+    Resumable: the tiles done are journalled beside the output (:mod:`~wsi_frgnet.engine.journal`);
+    the same call after an interruption continues from them, and gives the same file.
+    ``restart``: forget any journal and start over. Temporary files an interrupted run left
+    beside ``output`` are removed."""
     started = time.monotonic()
     output = Path(output)
+    if not output.parent.is_dir():
+        raise InputError(f"{output}: cannot write, output folder {output.parent} does not exist")
+    remove_stale_temporaries(output)
     with open_slide(Path(path), microns_per_pixel) as slide:
         plan = plan_slide(slide, model, config)
         slide_mpp = require_microns_per_pixel(slide)
@@ -231,14 +264,16 @@ def segment_slide(
         )
         summary = SegmentSummary(slide=Path(path), tiles=len(plan.tiles), tissue_area_mm2=plan.area_mm2, output=output)
         collector = _qc_collector(plan, config) if qc else None
+        journal = TileJournal(journal_path(output), _run_identity(Path(path), slide_mpp, model, config), fresh=restart)
         # Log lines go above the bar, not through it.
         with tqdm(total=len(plan.tiles), desc=Path(path).name, unit="tile", disable=quiet) as progress, logging_redirect_tqdm():
-            nuclei = iterate_nuclei(plan, model, config, progress, summary)
+            nuclei = iterate_nuclei(plan, model, config, progress, summary, journal)
             stream = nuclei if collector is None else _observed(nuclei, collector)
             try:
                 summary.nuclei = write_geojson(output, stream, settings, table)
             finally:
                 nuclei.close()
+                journal.close()
             progress.set_postfix(nuclei=summary.nuclei)  # as written (repeats and degenerate polygons left out)
             summary.geojson_seconds = time.monotonic() - started
             if collector is not None:
@@ -248,7 +283,24 @@ def segment_slide(
         _warn_oversized(summary.oversized, config)
     summary.seconds = time.monotonic() - started
     write_run_report(run_report_path(output), summary, plan, model, config, slide_mpp, table, qc_picture_path(output) if qc else None)
+    journal.close(remove=True)
     return summary
+
+
+def _run_identity(path: Path, slide_mpp: float, model: LoadedModel, config: SegmentConfig) -> dict:
+    """What makes two runs' tiles interchangeable: tool, model, slide file and the options that
+    shape the tiles' nuclei (not those of the later stages: cells, measurements, reading threads)."""
+    stat = path.stat()
+    options = {key: str(value) if isinstance(value, Path) else value for key, value in config_to_dict(config).items()
+               if key not in ("cell_expansion", "cell_constrain_scale", "measure", "reader_threads")}
+    return {
+        "tool": __version__,
+        "model": file_sha256(model.path) if model.path is not None else None,
+        "thresholds": config_to_dict(model.postprocess),
+        "slide": [path.name, stat.st_size, stat.st_mtime_ns],
+        "microns_per_pixel": slide_mpp,
+        "options": options,
+    }
 
 
 def _observed(nuclei: Iterator[Nucleus], collector: QcCollector) -> Iterator[Nucleus]:

@@ -6,6 +6,7 @@ the complete new one exists.
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 from collections.abc import Callable
@@ -58,3 +59,15 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         if isinstance(exc, OSError):  # permissions, full disk, destination is a folder...
             raise InputError(f"{path}: cannot write ({_os_reason(exc)})") from exc
         raise
+
+
+def remove_stale_temporaries(path: Path) -> int:
+    """Remove the temporary files that interrupted writes of ``path`` left beside it (a killed
+    process cannot clean up); returns how many. Call before writing ``path`` anew."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return 0
+    stale = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    return len(stale)
