@@ -61,7 +61,7 @@ def _table_paths(slides: tuple[Path, ...], table: Path | None, into_folder: bool
 
 
 @click.command()
-@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="SLIDES...")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="GeoJSON file (.geojson, .json, or .gz of either) for one slide, or a folder for several.")
 @model_option
@@ -88,6 +88,11 @@ def _table_paths(slides: tuple[Path, ...], table: Path | None, into_folder: bool
               help="Also write one CSV row per object (id, centroid in px and µm, every measurement): a .csv file for one slide, a folder for several.")
 @click.option("--qc", is_flag=True, help="Also write OUTPUT.qc.png beside each output: thumbnail, tissue outline, nucleus density and three crops with outlines.")
 @click.option("--gzip", is_flag=True, help="With a folder output: write .geojson.gz files.")
+@click.option("--ray", metavar="local|auto|ray://HOST:PORT",
+              help="Segment the slides as Ray tasks: local starts Ray on this machine, auto joins this machine's cluster, "
+                   "ray://HOST:PORT a cluster's head (outputs must then be on a filesystem every node shares). Needs the ray extra.")
+@click.option("--ray-cpus", type=click.IntRange(min=1), default=2, show_default=True,
+              help="CPUs of each Ray task where the cluster has no GPU (each task with a GPU takes one).")
 @click.option("--overwrite", is_flag=True,
               help="Replace outputs that exist (otherwise those slides are skipped) and start slides over instead of resuming them.")
 @threshold_options
@@ -97,22 +102,28 @@ def _table_paths(slides: tuple[Path, ...], table: Path | None, into_folder: bool
 def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp: float | None, roi: tuple[int, int, int, int] | None,
             roi_geojson: Path | None, tissue_mask: bool, tile_size: int, context: int, batch_size: int, precision: str, threads: int,
             bounds_offset: bool, cell_expansion: float, cell_constrain_scale: float, measure: bool, table: Path | None, qc: bool, gzip: bool,
-            overwrite: bool, score_threshold: float | None, nms_threshold: float | None, guide_threshold: float | None, device: str,
+            ray: str | None, ray_cpus: int, overwrite: bool, score_threshold: float | None, nms_threshold: float | None, guide_threshold: float | None, device: str,
             quiet: bool) -> None:
     """Find every nucleus in whole-slide images (any format OpenSlide reads, or plain images)
     and write them as QuPath detections, or cells with --cell-expansion (GeoJSON, level-0 px),
     with QuPath-named measurements, and a run report (OUTPUT.run.json) beside each output.
 
-    Several SLIDES go into the folder OUTPUT, one file each; a slide that fails is reported at
-    the end and the exit status is non-zero. A run cut short (a crash, Ctrl-C, SIGTERM, SIGKILL)
+    SLIDES are slide or image files, folders of them, or .txt files listing them (one path a
+    line). Several slides go into the folder OUTPUT, one file each, with a progress bar over
+    slides; a slide that fails is reported at the end and the exit status is non-zero. A run cut short (a crash, Ctrl-C, SIGTERM, SIGKILL)
     keeps a journal of its finished tiles beside the output: the same command continues from
     it and writes the same file.
     """
     configure_logging(quiet)
+    from tqdm.auto import tqdm
+
+    from wsi_frgnet.engine.batch import JobOutcome, JobSettings, SlideJob, run_job
+    from wsi_frgnet.engine.cluster import run_on_ray
     from wsi_frgnet.engine.devices import resolve_device
-    from wsi_frgnet.engine.inference import load_model
-    from wsi_frgnet.engine.pipeline import segment_slide
+    from wsi_frgnet.engine.inference import default_model_path, load_model
     from wsi_frgnet.errors import InputError
+    from wsi_frgnet.io.slide import list_slides
+
 
     try:
         config = SegmentConfig(tile_size=tile_size, context=context, batch_size=batch_size, tissue_mask=tissue_mask, roi=roi,
@@ -120,40 +131,53 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
                                cell_expansion=cell_expansion, cell_constrain_scale=cell_constrain_scale, measure=measure)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    model = load_model(model_path, resolve_device(device), score_threshold, nms_threshold, guide_threshold)
+    slides = tuple(list_slides(slides))
     outputs, into_folder = _output_paths(slides, output, gzip)
     tables = _table_paths(slides, table, into_folder)
     if into_folder:
         if output.exists() and not output.is_dir():
             raise InputError(f"{output}: exists and is not a folder; name the output .geojson or give a folder")
         output.mkdir(parents=True, exist_ok=True)
-    failures, skipped, total = [], 0, 0
-    for slide, target in zip(slides, outputs):
-        if target.exists() and not overwrite:
-            click.echo(f"{slide}: skipped, {target} exists (--overwrite to replace)", err=True)
-            skipped += 1
-            continue
-        try:
-            summary = segment_slide(slide, model, config, target, microns_per_pixel=mpp, quiet=quiet, table=tables[slides.index(slide)], qc=qc,
-                                    restart=overwrite)
-        except InputError as exc:
-            if len(slides) == 1:
-                raise
-            click.echo(f"Error: {exc}", err=True)
-            failures.append(slide)
-            continue
-        except Exception as exc:  # one slide's unexpected failure must not stop the others
-            logger.debug("segmenting %s failed", slide, exc_info=True)
-            click.echo(f"Error: {slide}: unexpected {type(exc).__name__}: {exc}", err=True)
-            failures.append(slide)
-            continue
-        total += summary.nuclei
-        noun = "cells" if config.cell_expansion > 0 else "nuclei"
-        click.echo(f"{slide}: {summary.nuclei} {noun}, {summary.tissue_area_mm2:.2f} mm² of tissue, "
-                   f"{summary.seconds:.1f} s -> {target}")
-    if len(slides) > 1:
-        done = len(slides) - skipped - len(failures)
-        click.echo(f"{done} segmented, {skipped} skipped, {len(failures)} failed; {total} nuclei in all")
+    jobs = [SlideJob(slide, target, table_path) for slide, target, table_path in zip(slides, outputs, tables)]
+    several = len(jobs) > 1
+    settings = JobSettings(config, mpp, qc, overwrite, quiet=quiet or several or ray is not None)
+    noun = "cells" if config.cell_expansion > 0 else "nuclei"
+    outcomes = []
+    with tqdm(total=len(jobs), desc="slides", unit="slide", disable=quiet or not several) as bar:
+
+        def report(outcome: JobOutcome) -> None:
+            outcomes.append(outcome)
+            bar.update(1)
+            if outcome.status == "done":
+                tqdm.write(f"{outcome.job.slide}: {outcome.objects} {noun}, {outcome.tissue_area_mm2:.2f} mm² of tissue, "
+                           f"{outcome.seconds:.1f} s -> {outcome.job.output}")
+            elif outcome.status == "skipped":
+                tqdm.write(f"{outcome.job.slide}: skipped, {outcome.message}", file=sys.stderr)
+            elif several or ray is not None:
+                tqdm.write(f"Error: {outcome.message}", file=sys.stderr)
+
+        if ray is not None:
+            run_on_ray(jobs, model_path or default_model_path(), settings, ray, (score_threshold, nms_threshold, guide_threshold),
+                       ray_cpus, on_outcome=report)
+        else:
+            model = load_model(model_path, resolve_device(device), score_threshold, nms_threshold, guide_threshold)
+            for job in jobs:
+                try:
+                    outcome = run_job(job, model, settings)
+                except Exception as exc:  # one slide's unexpected failure must not stop the others
+                    if not several:
+                        raise
+                    logger.debug("segmenting %s failed", job.slide, exc_info=True)
+                    outcome = JobOutcome(job, "failed", message=f"{job.slide}: unexpected {type(exc).__name__}: {exc}")
+                if outcome.status == "failed" and not several:
+                    raise InputError(outcome.message)
+                report(outcome)
+    failures = [outcome for outcome in outcomes if outcome.status == "failed"]
+    if several or ray is not None:
+        done = sum(outcome.status == "done" for outcome in outcomes)
+        skipped = sum(outcome.status == "skipped" for outcome in outcomes)
+        total = sum(outcome.objects for outcome in outcomes)
+        click.echo(f"{done} segmented, {skipped} skipped, {len(failures)} failed; {total} {noun} in all")
     if failures:
-        click.echo(f"Error: {len(failures)} of {len(slides)} slides failed: {', '.join(map(str, failures))}", err=True)
+        click.echo(f"Error: {len(failures)} of {len(jobs)} slides failed: {', '.join(str(o.job.slide) for o in failures)}", err=True)
         sys.exit(1)

@@ -268,6 +268,7 @@ def test_cli_bad_input_is_one_line(tmp_path, overfitted_model, slide_image, monk
     run, _, _ = overfitted_model
     monkeypatch.chdir(tmp_path)
     write_pyramidal_tiff(tmp_path / "slide.tiff", slide_image[0], mpp=0.25, levels=1)
+    (tmp_path / "slide2.tiff").write_bytes((tmp_path / "slide.tiff").read_bytes())
     result = CliRunner().invoke(main, ["segment", *arguments, "--model", str(run.output), "--quiet"])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output + result.stderr
@@ -360,3 +361,61 @@ def test_killed_command_run_again_gives_the_same_file(tmp_path, overfitted_model
     subprocess.run([*command, "-o", str(output)], check=True, capture_output=True)
     assert output.read_bytes() == (tmp_path / "straight.geojson").read_bytes()
     assert not journal.exists()
+
+
+def test_slides_from_a_folder_and_a_list(tmp_path, overfitted_model, slide_image):
+    run, _, _ = overfitted_model
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in ("a", "b"):
+        write_pyramidal_tiff(folder / f"{name}.tiff", slide_image[0][:256, :256], mpp=0.25, levels=1)
+    (folder / "notes.md").write_text("not a slide")
+    listing = tmp_path / "list.txt"
+    listing.write_text("# slides to do\nslides/b.tiff\n\n")
+    common = ["-m", str(run.output), "-q", "--tile-size", "128", "--context", "32"]
+    result = CliRunner().invoke(main, ["segment", str(folder), "-o", str(tmp_path / "out"), *common])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.geojson")) == ["a.geojson", "b.geojson"]
+    assert "2 segmented, 0 skipped, 0 failed" in result.output
+    result = CliRunner().invoke(main, ["segment", str(listing), "-o", str(tmp_path / "out2"), *common])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out2" / "b.geojson").read_bytes() == (tmp_path / "out" / "b.geojson").read_bytes()
+
+
+def test_ray_without_ray_installed_is_a_one_line_error(tmp_path, overfitted_model, slide_image, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    run, _, _ = overfitted_model
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", slide_image[0][:128, :128], mpp=0.25, levels=1)
+    result = CliRunner().invoke(main, ["segment", str(slide), "-o", str(tmp_path / "out"), "-m", str(run.output), "--ray", "local"])
+    assert result.exit_code == 2 and "pip install" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_three_slides_on_local_ray_are_the_sequential_files(tmp_path, overfitted_model, slide_image):
+    """A local Ray with 2 CPUs: every slide is a task; outputs are byte for byte those of the
+    sequential run; a slide already done is skipped, a broken one reported after its retries."""
+    pytest.importorskip("ray")
+    run, _, _ = overfitted_model
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for index, name in enumerate(("a", "b", "c")):
+        write_pyramidal_tiff(folder / f"{name}.tiff", np.roll(slide_image[0], 64 * index, axis=1)[:256, :384], mpp=0.25, levels=1)
+    common = ["-m", str(run.output), "-q", "--tile-size", "128", "--context", "32", "--device", "cpu"]
+    sequential = CliRunner().invoke(main, ["segment", str(folder), "-o", str(tmp_path / "sequential"), *common])
+    assert sequential.exit_code == 0, sequential.output
+    (folder / "d.tiff").write_bytes(b"not a slide at all")
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "c.geojson").write_bytes((tmp_path / "sequential" / "c.geojson").read_bytes())  # already done
+    result = CliRunner().invoke(main, ["segment", str(folder), "-o", str(tmp_path / "ray"), *common, "--ray", "local", "--ray-cpus", "1"])
+    assert result.exit_code == 1, result.output
+    assert "2 segmented, 1 skipped, 1 failed" in result.output and "d.tiff" in result.stderr
+    for name in ("a", "b", "c"):
+        assert (tmp_path / "ray" / f"{name}.geojson").read_bytes() == (tmp_path / "sequential" / f"{name}.geojson").read_bytes()

@@ -330,4 +330,38 @@ def require_microns_per_pixel(slide: Slide) -> float:
     return slide.microns_per_pixel
 
 
-__all__ = ["PLAUSIBLE_MICRONS_PER_PIXEL", "Slide", "OpenSlideSlide", "ImageSlide", "image_microns_per_pixel", "open_slide", "require_microns_per_pixel"]
+
+
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
+"""File names ``list_slides`` takes from a folder (any case)."""
+
+
+def list_slides(inputs: Sequence[Path]) -> list[Path]:
+    """The slides named by ``inputs``, in order: a slide or image file as it is; a folder: its
+    files with a ``SLIDE_SUFFIXES`` name, sorted (not its subfolders); a ``.txt`` file: one
+    path a line (relative ones to the list's folder; blank lines and ``#`` comments skipped).
+    InputError for a path that does not exist and for an empty folder or list."""
+    slides: list[Path] = []
+    for path in map(Path, inputs):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SLIDE_SUFFIXES) and not p.name.startswith("."))
+            if not found:
+                raise InputError(f"{path}: no slides in this folder ({', '.join(SLIDE_SUFFIXES)})")
+            slides.extend(found)
+        elif path.suffix.lower() == ".txt" and path.is_file():
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+            listed = [Path(line) if Path(line).is_absolute() else path.parent / line for line in lines if line and not line.startswith("#")]
+            if not listed:
+                raise InputError(f"{path}: the list names no slide")
+            slides.extend(listed)
+        elif path.exists():
+            slides.append(path)
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    return slides
+
+
+__all__ = [
+    "PLAUSIBLE_MICRONS_PER_PIXEL", "SLIDE_SUFFIXES", "Slide", "OpenSlideSlide", "ImageSlide", "image_microns_per_pixel",
+    "list_slides", "open_slide", "require_microns_per_pixel",
+]
