@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -39,6 +38,8 @@ def evaluate(data_dir: Path, model_path: Path | None, baseline: str | None, mpp:
     configure_logging(quiet)
     if model_path is not None and baseline is not None:
         raise click.UsageError("give either --model or --baseline, not both")
+    import orjson
+
     from wsi_frgnet.errors import InputError
     from wsi_frgnet.eval.evaluation import evaluate_folder
     from wsi_frgnet.io.atomic import atomic_write
@@ -71,6 +72,6 @@ def evaluate(data_dir: Path, model_path: Path | None, baseline: str | None, mpp:
     for key in ("pq", "dq", "sq", "aji"):
         click.echo(f"{key.upper():<6}  {mean[key]:.4f}")
     if json_path is not None:
-        text = json.dumps(report.as_dict(), indent=1).encode()
+        text = orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
         atomic_write(json_path, lambda handle: handle.write(text))
         click.echo(f"Wrote {json_path}")

@@ -29,7 +29,6 @@ message naming the offending path.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import statistics
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import shapely
 import tifffile
 from PIL import Image
@@ -219,8 +219,8 @@ def _load_manifest(data_dir: Path) -> tuple[Path, list[Any]] | None:
     if not path.is_file():
         raise InputError(f"{path}: manifest is not a file")
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        entries = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
         raise InputError(f"{path}: manifest is not valid JSON ({' '.join(str(exc).split())})") from exc
     except OSError as exc:
         raise InputError(f"{path}: cannot read manifest ({exc.strerror or exc})") from exc

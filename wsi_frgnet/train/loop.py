@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -11,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -283,14 +283,14 @@ def _trim_log(path: Path, epochs_done: int) -> None:
     if not path.exists():
         return
     rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("epoch", 0) <= epochs_done]
+    kept = [line for line in rows if orjson.loads(line).get("epoch", 0) <= epochs_done]
     text = "".join(line + "\n" for line in kept).encode()
     atomic_write(path, lambda handle: handle.write(text))
 
 
 def _append_log(path: Path, row: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
+        handle.write(orjson.dumps(row).decode() + "\n")
 
 
 def _load_array(item: LabelledImage) -> LabelledArray:
