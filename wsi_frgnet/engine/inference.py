@@ -40,8 +40,12 @@ class ImagePrediction:
 def images_to_tensor(
     images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str
 ) -> torch.Tensor:
-    """(B, H, W, 3) uint8 → normalised (B, 3, H, W) float32 on ``device``, dense NCHW."""
-    tensor = torch.from_numpy(np.require(images, np.uint8, ['C', 'W'])).to(device).permute(0, 3, 1, 2).float() / 255.0
+    """(B, H, W, 3) uint8 → normalised (B, 3, H, W) float32 on ``device``, dense NCHW. To a GPU
+    the bytes go from pinned memory without blocking (the uint8 copy is 4x smaller than float)."""
+    host = torch.from_numpy(np.require(images, np.uint8, ["C", "W"]))
+    if torch.device(device).type == "cuda":
+        host = host.pin_memory()
+    tensor = host.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
     mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     return ((tensor - mean_t) / std_t).contiguous()

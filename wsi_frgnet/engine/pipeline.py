@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -157,11 +158,13 @@ def iterate_nuclei(
     shares = network_thread_shares(device)
     readers = ThreadPoolExecutor(config.reader_threads, thread_name_prefix="read")
     engine = network_executor(shares)
-    # On CPU each stream post-processes its own batches; on CUDA a thread of its own does,
-    # so that the next batch reaches the GPU meanwhile.
-    post = ThreadPoolExecutor(1, thread_name_prefix="post") if device.type != "cpu" else None
+    # On CPU each stream post-processes its own batches; on CUDA a pool of threads, one per
+    # core left (numpy, shapely and torch release the GIL for most of it), does, so that the
+    # next batches reach the GPU meanwhile. Results are taken in tile order all the same.
+    post_threads = max(1, (os.cpu_count() or 2) - 2) if device.type != "cpu" else 0
+    post = ThreadPoolExecutor(post_threads, thread_name_prefix="post") if post_threads else None
     in_flight: deque[Future] = deque()  # per batch, in tile order: network job → post-processing job
-    depth = max(len(shares) + 2, 2 * config.reader_threads // config.batch_size + 1)
+    depth = max(len(shares) + 2, 2 * config.reader_threads // config.batch_size + 1, 2 * post_threads)
     emitted = oversized = 0
 
     def run_network(tiles: list[Tile], reads: list[Future]) -> Future:
