@@ -30,7 +30,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from wsi_frgnet import __version__
 from wsi_frgnet.config import SegmentConfig, config_to_dict
-from wsi_frgnet.engine.decode import decode_nuclei
+from wsi_frgnet.engine.decode import decode_batch
 from wsi_frgnet.engine.devices import (
     autocast_dtype,
     network_executor,
@@ -93,8 +93,8 @@ class _TileResults:
     def __call__(self, tiles: list[Tile], output) -> list[tuple[Tile, list[Nucleus], int]]:
         """(tile, owned nuclei, how many of them are oversized) per tile."""
         results = []
-        for index, tile in enumerate(tiles):
-            nuclei, _ = decode_nuclei(output, index, self.model.network.config, self.model.postprocess, region=_owned_region(tile))
+        decoded = decode_batch(output, self.model.network.config, self.model.postprocess, regions=[_owned_region(tile) for tile in tiles])
+        for tile, (nuclei, _) in zip(tiles, decoded):
             owned = resolve_overlaps(keep_owned(translate(nuclei, *tile.read[:2]), tile))
             oversized = _count_oversized(owned, self.config.context)
             if self.plan.roi_polygons:
