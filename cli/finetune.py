@@ -39,7 +39,7 @@ _DEFAULTS = FinetuneConfig()
 @mpp_option("µm/px of the inputs, overriding (or replacing missing) metadata.")
 @click.option("--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed, show_default=True, help="Seed of the tile sample and the training.")
 @click.option("--workers", type=click.IntRange(min=0), default=_DEFAULTS.workers, show_default=True, help="Data-loading processes.")
-@precision_option(_DEFAULTS.precision, "Training precision; auto: bf16 on CUDA GPUs that compute it natively, else fp32.")
+@precision_option(_DEFAULTS.precision, "Training precision; auto: bf16 on GPUs and CPUs that compute it natively, else fp32.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run whose state lies beside --output.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists (otherwise an existing file is an error).")
 @device_option

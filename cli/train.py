@@ -53,7 +53,7 @@ _DEFAULTS = TrainingConfig()
 @click.option("--guide", type=click.Choice(GUIDE_MODES), default=None,
               help="Fourier guide target: soft (default), hard (default with --keep-fraction < 1), none turns the guide module off.")
 @click.option("--contrastive/--no-contrastive", default=ModelConfig.contrastive, show_default=True, help="Guide-based instance-level contrastive loss (GILC).")
-@precision_option(_DEFAULTS.precision, "auto: bf16 on CUDA GPUs that compute it natively, else fp32 (fp16 runs with loss scaling).")
+@precision_option(_DEFAULTS.precision, "auto: bf16 on GPUs and CPUs that compute it natively, else fp32 (fp16 runs with loss scaling).")
 @click.option("--mixed-precision/--no-mixed-precision", default=None, hidden=True, help="Old name: --no-mixed-precision is --precision fp32.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run whose state lies beside --output.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists (otherwise an existing file is an error).")

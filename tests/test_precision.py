@@ -28,10 +28,10 @@ def test_explicit_choices_map_to_dtypes_on_cpu():
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_on_cpu_follows_native_bf16_for_inference_only(monkeypatch, native):
+def test_auto_on_cpu_follows_native_bf16(monkeypatch, native):
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
     assert autocast_dtype("auto", CPU) is (torch.bfloat16 if native else None)
-    assert autocast_dtype("auto", CPU, training=True) is None
+    assert autocast_dtype("auto", CPU, training=True) is (torch.bfloat16 if native else None)
 
 
 def test_cuda_capabilities_decide_auto_and_refuse_what_the_gpu_lacks(monkeypatch):

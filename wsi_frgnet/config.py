@@ -174,7 +174,7 @@ class TrainingConfig:
     seed: int = 0
     validate_every: int = 1  # epochs between validation passes
     workers: int = 2  # data-loading processes
-    precision: str = "auto"  # auto: bf16 on CUDA GPUs with native bf16, else fp32 (engine.devices)
+    precision: str = "auto"  # auto: bf16 where the GPU or CPU computes it natively, else fp32 (engine.devices)
     keep_fraction: float = 1.0  # share of each image's nuclei kept as annotations (weak supervision)
 
     def __post_init__(self) -> None:
