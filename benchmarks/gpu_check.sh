@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything that needs a CUDA GPU, in one call of at most 8 minutes; figures go to stdout and to
+# Everything that needs a CUDA GPU, in one run of at most 8 minutes; figures go to stdout and to
 # $OUT (default gpu_check_out/). Run from the repository root on a machine with one GPU:
 #
 #     bash benchmarks/gpu_check.sh

@@ -1,5 +1,5 @@
 """Checks that need a CUDA GPU (marker ``cuda``; skipped without one). benchmarks/gpu_check.sh
-runs them on a lent GPU together with the throughput measurements."""
+runs them on a GPU machine together with the throughput measurements."""
 
 from __future__ import annotations
 
