@@ -52,6 +52,8 @@ _DEFAULTS = TrainingConfig()
                    "the crop's Otsu threshold) or guide (the paper's: half the cell guide-positive).")
 @click.option("--guide", type=click.Choice(GUIDE_MODES), default=None,
               help="Fourier guide target: soft (default), hard (default with --keep-fraction < 1), none turns the guide module off.")
+@click.option("--scanner-augmentation/--no-scanner-augmentation", default=_DEFAULTS.scanner_augmentation, show_default=True,
+              help="Also augment with what scanners do: resolution loss (x0.5-0.9), blur, JPEG (quality 50-90), brightness and contrast.")
 @click.option("--contrastive/--no-contrastive", default=ModelConfig.contrastive, show_default=True, help="Guide-based instance-level contrastive loss (GILC).")
 @precision_option(_DEFAULTS.precision, "auto: bf16 on GPUs and CPUs that compute it natively, else fp32 (fp16 runs with loss scaling).")
 @click.option("--mixed-precision/--no-mixed-precision", default=None, hidden=True, help="Old name: --no-mixed-precision is --precision fp32.")
@@ -62,7 +64,7 @@ _DEFAULTS = TrainingConfig()
 @handles_user_errors
 def train(data_dir: Path, output: Path, validation: Path | None, validation_fraction: float | None, epochs: int, batch_size: int,
           learning_rate: float, warmup_epochs: float, crop_size: int, mpp: float | None, seed: int, validate_every: int,
-          workers: int, architecture: str, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide: str | None, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
+          workers: int, architecture: str, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide: str | None, scanner_augmentation: bool, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
           device: str, quiet: bool) -> None:
     """Train an FrGNet on DATA_DIR (images/ and labels/ with the same file stems).
 
@@ -84,7 +86,7 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
         training = TrainingConfig(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup_epochs=warmup_epochs,
             crop_size=crop_size, seed=seed, validate_every=validate_every, workers=workers,
-            precision=precision, keep_fraction=keep_fraction,
+            precision=precision, keep_fraction=keep_fraction, scanner_augmentation=scanner_augmentation,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc

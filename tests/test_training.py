@@ -124,3 +124,25 @@ def test_crops_are_reproducible_and_cover_the_image_area():
     assert np.array_equal(first[0], again[0])
     dataset.set_epoch(1)
     assert not np.array_equal(first[0], dataset[3][0])
+
+
+def test_scanner_augmentation_changes_pixels_not_outlines():
+    from wsi_frgnet.train.augment import (
+        blur,
+        jpeg_round_trip,
+        resolution_round_trip,
+        scanner_jitter,
+    )
+
+    rgb, labels = synthetic_nuclei(128, 128, seed=7)
+    assert jpeg_round_trip(rgb, 60).shape == rgb.shape and not np.array_equal(jpeg_round_trip(rgb, 60), rgb)
+    detail = lambda image: np.abs(np.diff(image.astype(float), axis=1)).mean()  # noqa: E731
+    assert detail(resolution_round_trip(rgb, 0.5)) < 0.8 * detail(rgb) and detail(blur(rgb, 1.0)) < 0.8 * detail(rgb)
+    changed = [not np.array_equal(scanner_jitter(rgb, np.random.default_rng(seed)), rgb) for seed in range(8)]
+    assert sum(changed) >= 6
+    config = ModelConfig.tiny()
+    plain = RandomCrops([LabelledArray("a", rgb, labels)], 128, config, TargetConfig(), seed=3)
+    scanned = RandomCrops([LabelledArray("a", rgb, labels)], 128, config, TargetConfig(), seed=3, scanner=True)
+    (image_a, a), (image_b, b) = plain[0], scanned[0]
+    assert not np.array_equal(image_a, image_b)
+    assert np.array_equal(a.score, b.score) and np.array_equal(a.contours, b.contours)

@@ -176,6 +176,7 @@ class TrainingConfig:
     workers: int = 2  # data-loading processes
     precision: str = "auto"  # auto: bf16 where the GPU or CPU computes it natively, else fp32 (engine.devices)
     keep_fraction: float = 1.0  # share of each image's nuclei kept as annotations (weak supervision)
+    scanner_augmentation: bool = False  # also train on scanner-like degradations (train.augment.scanner_jitter)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.validate_every < 1:

@@ -1,8 +1,14 @@
-"""H&E augmentation: dihedral transforms of image + labels, and stain / colour jitter of the image."""
+"""H&E augmentation: dihedral transforms of image + labels, stain / colour jitter of the image,
+and what scanners do to it (resolution loss, blur, JPEG, brightness and contrast). The same
+transforms make the shift benchmarks (benchmarks/domain_shift.py)."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+from PIL import Image
+from scipy import ndimage
 
 # Ruifrok & Johnston haematoxylin, eosin, DAB optical-density vectors (rows), normalised.
 _STAIN_VECTORS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -51,3 +57,41 @@ def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float = 0.
     shift = rng.uniform(-strength, strength, size=3)
     out = adjust_stains(rgb, scale, shift) * rng.uniform(1 - brightness, 1 + brightness)
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """``rgb`` saved as JPEG at ``quality`` (1-95) and decoded again: its compression artefacts."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="JPEG", quality=int(quality))
+    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+
+
+def resolution_round_trip(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """``rgb`` resampled to ``factor`` times its size and back (bilinear): the detail a scanner at
+    that resolution loses, e.g. 0.5 for a 20x scan of tissue the model sees at 40x."""
+    height, width = rgb.shape[:2]
+    small = Image.fromarray(np.ascontiguousarray(rgb)).resize((max(1, round(width * factor)), max(1, round(height * factor))),
+                                                             Image.Resampling.BILINEAR)
+    return np.asarray(small.resize((width, height), Image.Resampling.BILINEAR))
+
+
+def blur(rgb: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of σ = ``sigma`` px in the image plane (an out-of-focus scan)."""
+    return np.clip(np.round(ndimage.gaussian_filter(rgb.astype(np.float32), sigma=(sigma, sigma, 0.0))), 0, 255).astype(np.uint8)
+
+
+def scanner_jitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random scanner: with probability 1/2 each, a resolution loss (x0.5-0.9 and back), a blur
+    (σ 0.3-1.2 px), JPEG (quality 50-90), and brightness / contrast (±10 % each). The image
+    only: outlines stay where they are."""
+    if rng.random() < 0.5:
+        rgb = resolution_round_trip(rgb, rng.uniform(0.5, 0.9))
+    if rng.random() < 0.5:
+        rgb = blur(rgb, rng.uniform(0.3, 1.2))
+    if rng.random() < 0.5:
+        rgb = jpeg_round_trip(rgb, int(rng.integers(50, 91)))
+    if rng.random() < 0.5:
+        mean = rgb.mean()
+        out = (rgb.astype(np.float32) - mean) * rng.uniform(0.9, 1.1) + mean * rng.uniform(0.9, 1.1)
+        rgb = np.clip(np.round(out), 0, 255).astype(np.uint8)
+    return rgb

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from wsi_frgnet.config import ModelConfig, TargetConfig
 from wsi_frgnet.model.losses import BatchTargets
-from wsi_frgnet.train.augment import dihedral, stain_jitter
+from wsi_frgnet.train.augment import dihedral, scanner_jitter, stain_jitter
 from wsi_frgnet.train.targets import CropTargets, build_targets
 
 
@@ -61,6 +61,7 @@ class RandomCrops(Dataset):
         seed: int,
         augment: bool = True,
         keep_fraction: float = 1.0,
+        scanner: bool = False,
     ) -> None:
         if crop_size % model_config.size_multiple:
             raise ValueError(f"crop size must be a multiple of {model_config.size_multiple}")
@@ -70,6 +71,7 @@ class RandomCrops(Dataset):
         self.target_config = target_config
         self.seed = seed
         self.augment = augment
+        self.scanner = scanner  # also augment with scanner_jitter (resolution loss, blur, JPEG, brightness)
         self.keep_fraction = keep_fraction
         self.kept_ids = [kept_instances(image.labels, keep_fraction, seed, index) for index, image in enumerate(images)]
         self.epoch = 0
@@ -113,6 +115,8 @@ class RandomCrops(Dataset):
         if self.augment:
             rgb, labels, unknown = dihedral(rgb, labels, rng, unknown)
             rgb = stain_jitter(rgb, rng)
+            if self.scanner:
+                rgb = scanner_jitter(rgb, rng)
         targets = build_targets(
             rgb, labels, self.model_config, self.target_config, full_areas=image.areas, unknown=unknown, partial=partial
         )

@@ -153,7 +153,7 @@ def train(run: TrainingRun, train_images: list[LabelledArray], validation_images
     model = FrgNet(run.model_config)
     dataset = RandomCrops(
         train_images, run.training.crop_size, run.model_config, run.targets, run.training.seed,
-        keep_fraction=run.training.keep_fraction,
+        keep_fraction=run.training.keep_fraction, scanner=run.training.scanner_augmentation,
     )
     return optimise(run, model, dataset, validation_images, frgnet_loss, trainable=None)
 
