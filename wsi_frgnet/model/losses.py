@@ -92,11 +92,11 @@ def guide_loss(output: NetworkOutput, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(output.guide_logits[:, 0].float(), target)
 
 
-def _sample(count: int, size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """``count`` random indices in [0, size), without replacement when possible."""
-    if count <= size:
-        return torch.randperm(size, generator=generator)[:count].to(device)
-    return torch.randint(size, (count,), generator=generator).to(device)
+def _random_order(mask: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions (B, P) with each image's masked positions first, in random order; how many
+    are masked per image (B,))."""
+    keys = torch.rand(mask.shape, generator=generator).to(mask.device)
+    return torch.argsort(torch.where(mask, keys, 2.0), dim=1), mask.sum(dim=1)
 
 
 def guide_contrastive_loss(
@@ -110,47 +110,57 @@ def guide_contrastive_loss(
     """GILC InfoNCE over head-grid positions labelled by the guide mask.
 
     head_features: (B, D, h, w); guide: (B, h, w) in [0, 1]; owner: (B, h, w) instance index or
-    -1. Anchors are nucleus positions (guide >= high), each positive another nucleus position
-    (a different instance where one is known), negatives background positions (guide <= low).
-    Images with fewer than two nucleus positions or no background position add nothing.
+    -1. Anchors are nucleus positions (guide >= high), up to ``anchors_per_image`` per image
+    without replacement; each positive is another nucleus position (the first of four drawn
+    that belongs to a different instance where one is known); negatives are up to
+    ``negatives_per_image`` background positions (guide <= low) without replacement. Images
+    with fewer than two nucleus positions or no background position add nothing; the loss is
+    the mean over the others. Sampling is batched over images: one host synchronisation per
+    call (to pick the features the projector sees).
     """
     batch, channels = head_features.shape[:2]
+    device = head_features.device
     features = head_features.permute(0, 2, 3, 1).reshape(batch, -1, channels)
     flat_guide = guide.reshape(batch, -1)
-    flat_owner = owner.reshape(batch, -1) if owner is not None else None
-    anchors, positives, negatives = [], [], []
-    for b in range(batch):
-        nucleus = torch.nonzero(flat_guide[b] >= loss_config.guide_high, as_tuple=True)[0]
-        background = torch.nonzero(flat_guide[b] <= loss_config.guide_low, as_tuple=True)[0]
-        if nucleus.numel() < 2 or background.numel() == 0:
-            continue
-        count = min(loss_config.anchors_per_image, nucleus.numel())
-        anchor = nucleus[_sample(count, nucleus.numel(), generator, nucleus.device)]
-        # A few candidate positives per anchor; take the first from another instance.
-        candidates = nucleus[_sample(count * 4, nucleus.numel(), generator, nucleus.device)].view(count, 4)
-        usable = candidates != anchor[:, None]
-        if flat_owner is not None:
-            anchor_owner = flat_owner[b, anchor][:, None]
-            different = (flat_owner[b, candidates] != anchor_owner) | (anchor_owner < 0)
-            usable = usable & different | (usable & ~different.any(dim=1, keepdim=True))
-        first = torch.where(usable.any(dim=1), usable.float().argmax(dim=1), torch.zeros_like(anchor))
-        positive = candidates[torch.arange(count, device=anchor.device), first]
-        negative = background[_sample(min(loss_config.negatives_per_image, background.numel()), background.numel(), generator, background.device)]
-        anchors.append(features[b, anchor])
-        positives.append(features[b, positive])
-        negatives.append(features[b, negative])
-    if not anchors:
+    anchors_n, negatives_n = loss_config.anchors_per_image, loss_config.negatives_per_image
+    nucleus_order, nuclei = _random_order(flat_guide >= loss_config.guide_high, generator)
+    background_order, backgrounds = _random_order(flat_guide <= loss_config.guide_low, generator)
+    used = (nuclei >= 2) & (backgrounds >= 1)  # (B,)
+    slots = torch.arange(min(anchors_n, flat_guide.shape[1]), device=device)
+    anchor = nucleus_order[:, : len(slots)]  # (B, A)
+    anchor_ok = (slots[None, :] < nuclei[:, None]) & used[:, None]
+    draws = torch.rand((batch, len(slots), 4), generator=generator).to(device)
+    picked = torch.clamp((draws * nuclei[:, None, None]).long(), max=flat_guide.shape[1] - 1)
+    candidates = torch.gather(nucleus_order, 1, picked.view(batch, -1)).view(batch, len(slots), 4)
+    usable = candidates != anchor[..., None]
+    if owner is not None:
+        flat_owner = owner.reshape(batch, -1)
+        anchor_owner = torch.gather(flat_owner, 1, anchor)[..., None]
+        different = (torch.gather(flat_owner, 1, candidates.view(batch, -1)).view_as(candidates) != anchor_owner) | (anchor_owner < 0)
+        usable = usable & different | (usable & ~different.any(dim=2, keepdim=True))
+    first = torch.where(usable.any(dim=2), usable.float().argmax(dim=2), torch.zeros_like(anchor))
+    positive = torch.gather(candidates, 2, first[..., None])[..., 0]  # (B, A)
+    negative_slots = torch.arange(min(negatives_n, flat_guide.shape[1]), device=device)
+    negative = background_order[:, : len(negative_slots)]  # (B, N)
+    negative_ok = (negative_slots[None, :] < backgrounds[:, None]) & used[:, None]
+    rows = torch.arange(batch, device=device)[:, None]
+    picks = [features[rows, anchor][anchor_ok], features[rows, positive][anchor_ok], features[rows, negative][negative_ok]]
+    sizes = [len(part) for part in picks]  # the one host synchronisation
+    if sizes[0] == 0:
         return head_features.sum() * 0.0
-    sizes = [len(a) for a in anchors] + [len(p) for p in positives] + [len(n) for n in negatives]
-    embedded = torch.split(model.project(torch.cat(anchors + positives + negatives).float()), sizes)
-    images = len(anchors)
-    total = head_features.new_zeros((), dtype=torch.float32)
-    for i in range(images):
-        anchor, positive, negative = embedded[i], embedded[images + i], embedded[2 * images + i]
-        positive_logit = (anchor * positive).sum(dim=1, keepdim=True)
-        logits = torch.cat([positive_logit, anchor @ negative.T], dim=1) / loss_config.temperature
-        total = total + F.cross_entropy(logits, torch.zeros(len(anchor), dtype=torch.long, device=logits.device))
-    return total / images
+    embedded = torch.split(model.project(torch.cat(picks).float()), sizes)
+    dimension = embedded[0].shape[1]
+    anchors = embedded[0].new_zeros((batch, len(slots), dimension)).index_put((anchor_ok,), embedded[0])
+    positives = embedded[1].new_zeros((batch, len(slots), dimension)).index_put((anchor_ok,), embedded[1])
+    negatives = embedded[2].new_zeros((batch, len(negative_slots), dimension)).index_put((negative_ok,), embedded[2])
+    positive_logit = (anchors * positives).sum(dim=2, keepdim=True)  # (B, A, 1)
+    negative_logits = (anchors @ negatives.transpose(1, 2)).masked_fill(~negative_ok[:, None, :], float("-inf"))  # (B, A, N)
+    logits = torch.cat([positive_logit, negative_logits], dim=2) / loss_config.temperature
+    per_anchor = F.cross_entropy(logits.flatten(0, 1), torch.zeros(logits.shape[0] * logits.shape[1], dtype=torch.long, device=device),
+                                 reduction="none").view(batch, -1)
+    per_anchor = torch.where(anchor_ok, per_anchor, torch.zeros_like(per_anchor))
+    per_image = per_anchor.sum(dim=1) / anchor_ok.sum(dim=1).clamp(min=1)
+    return (per_image * used).sum() / used.sum().clamp(min=1)
 
 
 def frgnet_loss(
