@@ -48,8 +48,8 @@ _DEFAULTS = TrainingConfig()
 @click.option("--keep-fraction", type=click.FloatRange(0.0, 1.0, min_open=True), default=_DEFAULTS.keep_fraction, show_default=True,
               help="Keep this seeded random share of each image's nuclei as annotations (weak supervision; implies --guide hard).")
 @click.option("--partial-rule", type=click.Choice(PARTIAL_RULES), default=TargetConfig.partial_rule, show_default=True,
-              help="With partial labels: which unlabelled cells are never taught as background: haematoxylin (optical density above "
-                   "the crop's Otsu threshold) or guide (the paper's: half the cell guide-positive).")
+              help="With partial labels: which unlabelled cells are never taught as background: guide (the paper's: half the cell "
+                   "guide-positive) or haematoxylin (optical density above the crop's Otsu threshold).")
 @click.option("--guide", type=click.Choice(GUIDE_MODES), default=None,
               help="Fourier guide target: soft (default), hard (default with --keep-fraction < 1), none turns the guide module off.")
 @click.option("--scanner-augmentation/--no-scanner-augmentation", default=_DEFAULTS.scanner_augmentation, show_default=True,

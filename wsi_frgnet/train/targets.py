@@ -131,12 +131,13 @@ def unlabelled_nucleus_cells(rgb: np.ndarray, labels: np.ndarray, stride: int, t
     """(H / stride, W / stride) bool: head cells that may hold a nucleus nobody labelled, which
     partial labels must not teach as background (METHOD_NOTES.md §4).
 
-    ``haematoxylin`` (default): the crop's haematoxylin optical density (QuPath's default H&E
-    vectors), 5 x 5 px mean, reaches Otsu's threshold of that map on some unlabelled pixel of
-    the cell. On the 30 MoNuSeg images at 30 % of the labels, 256 px crops, it teaches 7 % of
-    the unlabelled nuclei's score cells as background and ignores 14 % of the cells without
-    any nucleus. ``guide`` (the paper's): at least half the cell's pixels are unlabelled with a
-    normalised Fourier guide >= the hard-guide threshold: 71 % and 9 % on the same data.
+    ``guide`` (the paper's, the default): at least half the cell's pixels are unlabelled with a
+    normalised Fourier guide >= the hard-guide threshold. ``haematoxylin``: the crop's
+    haematoxylin optical density (QuPath's default H&E vectors), 5 x 5 px mean, reaches Otsu's
+    threshold of that map on some unlabelled pixel of the cell. On the 30 MoNuSeg images at 30 %
+    of the labels, 256 px crops, they teach 71 % and 7 % of the unlabelled nuclei's score cells
+    as background and ignore 9 % and 14 % of the cells without any nucleus; yet the guide rule
+    gave the better validation PQ (docs/RESULTS.md).
     """
     unlabelled = labels == 0
     if target_config.partial_rule == "guide":
