@@ -120,6 +120,11 @@ def image_mpp(path: Path, given: float | None, model: Any) -> float | None:
     return None
 
 
+overwrite_model_option = click.option(
+    "--overwrite", is_flag=True, help="Replace --output if it exists (otherwise an existing file is an error)."
+)
+
+
 def refuse_to_replace(output: Path, overwrite: bool, resume: bool) -> None:
     """A model file that exists is replaced only with --overwrite (or continued with --resume)."""
     if output.exists() and not (overwrite or resume):

@@ -12,6 +12,7 @@ from wsi_frgnet.cli.common import (
     handles_user_errors,
     model_option,
     mpp_option,
+    overwrite_model_option,
     precision_option,
     quiet_option,
     refuse_to_replace,
@@ -41,7 +42,7 @@ _DEFAULTS = FinetuneConfig()
 @click.option("--workers", type=click.IntRange(min=0), default=_DEFAULTS.workers, show_default=True, help="Data-loading processes.")
 @precision_option(_DEFAULTS.precision, "Training precision; auto: bf16 on GPUs and CPUs that compute it natively, else fp32.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run whose state lies beside --output.")
-@click.option("--overwrite", is_flag=True, help="Replace --output if it exists (otherwise an existing file is an error).")
+@overwrite_model_option
 @device_option
 @quiet_option
 @handles_user_errors

@@ -11,6 +11,7 @@ from wsi_frgnet.cli.common import (
     device_option,
     handles_user_errors,
     mpp_option,
+    overwrite_model_option,
     precision_option,
     quiet_option,
     refuse_to_replace,
@@ -58,7 +59,7 @@ _DEFAULTS = TrainingConfig()
 @precision_option(_DEFAULTS.precision, "auto: bf16 on GPUs and CPUs that compute it natively, else fp32 (fp16 runs with loss scaling).")
 @click.option("--mixed-precision/--no-mixed-precision", default=None, hidden=True, help="Old name: --no-mixed-precision is --precision fp32.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run whose state lies beside --output.")
-@click.option("--overwrite", is_flag=True, help="Replace --output if it exists (otherwise an existing file is an error).")
+@overwrite_model_option
 @device_option
 @quiet_option
 @handles_user_errors
