@@ -24,16 +24,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
 step "1. CUDA tests (pytest -m cuda)"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tee "$OUT/cuda_tests.txt" | tail -15
+timeout 100 python3 -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tee "$OUT/cuda_tests.txt" | tail -15
 
 step "2. segment throughput on a generated 40x slide, GPU utilisation sampled every 200 ms"
-for batch in 8 32; do
-  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 >"$OUT/util_batch$batch.csv" &
+for layout in "1536 192 4" "1536 192 8" "512 64 32"; do
+  set -- $layout
+  name="tile$1_batch$3"
+  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 >"$OUT/util_$name.csv" &
   sampler=$!
-  timeout 110 python3 benchmarks/segment_throughput.py --model wsi_frgnet/weights/default.pt --device cuda \
-      --tissue 8192 --glass-factor 3 --batch-size "$batch" --repeats 1 2>&1 | tee "$OUT/segment_batch$batch.txt" | tail -6
+  timeout 70 python3 benchmarks/segment_throughput.py --model wsi_frgnet/weights/default.pt --device cuda \
+      --tissue 8192 --glass-factor 3 --tile-size "$1" --context "$2" --batch-size "$3" --repeats 1 2>&1 | tee "$OUT/segment_$name.txt" | tail -6
   kill "$sampler" 2>/dev/null
-  python3 - "$OUT/util_batch$batch.csv" <<'PY'
+  python3 - "$OUT/util_$name.csv" <<'PY'
 import sys
 values = [float(v) for v in open(sys.argv[1]).read().split() if v.strip().replace(".", "").isdigit()]
 busy = [v for v in values if v > 0]
@@ -62,11 +64,11 @@ PY
 fi
 for precision in fp32 bf16 fp16; do
   echo "--precision $precision:"
-  timeout 60 frgnet-wsi evaluate "$data" --device cuda --precision "$precision" --quiet 2>&1 | tee "$OUT/evaluate_$precision.txt" | grep -E "PQ|AJI"
+  timeout 45 frgnet-wsi evaluate "$data" --device cuda --precision "$precision" --quiet 2>&1 | tee "$OUT/evaluate_$precision.txt" | grep -E "PQ|AJI"
 done
 
 step "4. training steps per second (default network, 256² crops)"
-timeout 90 python3 benchmarks/train_throughput.py "$data" --device cuda --precision auto --batch-size 16 --batches 10 \
+timeout 60 python3 benchmarks/train_throughput.py "$data" --device cuda --precision auto --batch-size 16 --batches 10 \
     --workers 4 2>&1 | tee "$OUT/train_throughput.txt" | tail -8
 
 step "done"

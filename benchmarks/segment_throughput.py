@@ -95,7 +95,7 @@ def _model_only(args: argparse.Namespace, slide: Path, queue) -> None:
 
     device = resolve_device(args.device)
     model = load_model(args.model, device)
-    config = SegmentConfig(tile_size=args.tile_size, batch_size=args.batch_size, precision=args.precision)
+    config = SegmentConfig(tile_size=args.tile_size, context=args.context, batch_size=args.batch_size, precision=args.precision)
     with open_slide(slide) as opened:
         plan = plan_slide(opened, model, config)
         tiles = np.stack([read_tile(plan, tile) for tile in plan.tiles[: args.model_tiles]])
@@ -129,7 +129,7 @@ def _end_to_end(args: argparse.Namespace, slide: Path, output: Path, queue) -> N
     from wsi_frgnet.engine.pipeline import segment_slide
 
     model = load_model(args.model, resolve_device(args.device))
-    config = SegmentConfig(tile_size=args.tile_size, batch_size=args.batch_size, precision=args.precision)
+    config = SegmentConfig(tile_size=args.tile_size, context=args.context, batch_size=args.batch_size, precision=args.precision)
     seconds = math.inf
     for _ in range(args.repeats):
         started = time.perf_counter()
@@ -163,13 +163,19 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--tissue", type=int, default=4096, help="tissue square side, px at the model's resolution")
     parser.add_argument("--glass-factor", type=int, default=10, help="side of the large slide / side of the small one")
-    parser.add_argument("--tile-size", type=int, default=SegmentConfig.tile_size)
-    parser.add_argument("--batch-size", type=int, default=SegmentConfig.batch_size)
+    parser.add_argument("--tile-size", type=int, default=None, help="default: segment's for the device")
+    parser.add_argument("--context", type=int, default=None, help="default: segment's for the device")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: segment's for the device")
     parser.add_argument("--model-tiles", type=int, default=32, help="tiles for the model-only measurement")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each measurement; the fastest is reported")
     args = parser.parse_args()
 
+    from wsi_frgnet.engine.devices import resolve_device
     from wsi_frgnet.model.model_file import load_checkpoint
+
+    # The layout segment would use on this device, for what is not given.
+    layout = SegmentConfig(tile_size=args.tile_size, context=args.context, batch_size=args.batch_size).for_device(resolve_device(args.device).type)
+    args.tile_size, args.context, args.batch_size = layout.tile_size, layout.context, layout.batch_size
 
     mpp = load_checkpoint(args.model).microns_per_pixel or 0.25
     with tempfile.TemporaryDirectory() as folder:
@@ -184,7 +190,7 @@ def main() -> None:
               f"{args.tissue + 1024}² and {(args.tissue + 1024) * args.glass_factor}² px slides")
         model = _in_child(_model_only, args, small)
         model_mpx = model["tiles"] * args.tile_size**2 / model["seconds"] / 1e6
-        print(f"model only   : {model['tiles'] / model['seconds']:.2f} tiles/s ({args.tile_size}² px, batch {args.batch_size}, "
+        print(f"model only   : {model['tiles'] / model['seconds']:.2f} tiles/s ({args.tile_size}² px, context {args.context}, batch {args.batch_size}, "
               f"{args.precision}) = {model_mpx:.2f} Mpx/s of network input")
         for name, slide in (("small slide", small), ("large slide", large)):
             result = _in_child(_end_to_end, args, slide, folder / f"{slide.stem}.geojson")

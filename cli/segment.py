@@ -21,7 +21,7 @@ from wsi_frgnet.cli.common import (
     threshold_options,
 )
 
-from wsi_frgnet.config import SegmentConfig
+from wsi_frgnet.config import TILE_LAYOUTS, SegmentConfig
 from wsi_frgnet.io.geojson import is_geojson
 
 
@@ -60,6 +60,11 @@ def _table_paths(slides: tuple[Path, ...], table: Path | None, into_folder: bool
     return [table / f"{slide.stem}.csv" for slide in slides]
 
 
+def _layouts(field: int) -> str:
+    """One field of the per-device tile layouts, for --help: "1536 on CUDA, 512 on CPU"."""
+    return ", ".join(f"{layout[field]} on {device.upper()}" for device, layout in TILE_LAYOUTS.items())
+
+
 @click.command()
 @click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="SLIDES...")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
@@ -70,10 +75,12 @@ def _table_paths(slides: tuple[Path, ...], table: Path | None, into_folder: bool
               help="Only this rectangle: level-0 px in the output's frame (QuPath's: relative to the slide bounds unless --no-bounds-offset).")
 @click.option("--roi-geojson", type=click.Path(path_type=Path), default=SegmentConfig.roi_geojson, help="Only inside these QuPath annotations (exported GeoJSON).")
 @click.option("--tissue-mask/--no-tissue-mask", default=SegmentConfig.tissue_mask, show_default=True, help="Skip glass, found on a low-resolution thumbnail.")
-@click.option("--tile-size", type=int, default=SegmentConfig.tile_size, show_default=True, help="Network tile side, px at the model's resolution.")
-@click.option("--context", "--overlap", "context", type=int, default=SegmentConfig.context, show_default=True,
-              help="Overlap on each tile side, px at the model's resolution; must exceed the largest nucleus.")
-@click.option("--batch-size", type=int, default=SegmentConfig.batch_size, show_default=True, help="Tiles per network pass.")
+@click.option("--tile-size", type=int, default=None,
+              help=f"Network tile side, px at the model's resolution [default: {_layouts(0)}].")
+@click.option("--context", "--overlap", "context", type=int, default=None,
+              help=f"Overlap on each tile side, px at the model's resolution; must exceed the largest nucleus. The larger, the closer "
+                   f"tiled outlines are to one pass over the whole slide [default: {_layouts(1)}; with --tile-size: up to an eighth of it].")
+@click.option("--batch-size", type=int, default=None, help=f"Tiles per network pass [default: {_layouts(2)}].")
 @precision_option(SegmentConfig.precision, "auto: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16, else fp32.")
 @click.option("--threads", type=int, default=SegmentConfig.reader_threads, show_default=True, help="Slide-reading threads.")
 @click.option("--bounds-offset/--no-bounds-offset", default=SegmentConfig.subtract_bounds, show_default=True,
@@ -129,6 +136,8 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
         config = SegmentConfig(tile_size=tile_size, context=context, batch_size=batch_size, tissue_mask=tissue_mask, roi=roi,
                                roi_geojson=roi_geojson, subtract_bounds=bounds_offset, reader_threads=threads, precision=precision,
                                cell_expansion=cell_expansion, cell_constrain_scale=cell_constrain_scale, measure=measure)
+        for device_type in TILE_LAYOUTS:  # a layout left open is completed on the device that runs it
+            config.for_device(device_type)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     slides = tuple(list_slides(slides))

@@ -18,6 +18,7 @@ from wsi_frgnet.cli.common import (
 )
 
 from wsi_frgnet.config import (
+    ENCODERS,
     GUIDE_MODES,
     PARTIAL_RULES,
     ModelConfig,
@@ -44,6 +45,8 @@ _DEFAULTS = TrainingConfig()
 @click.option("--validate-every", type=int, default=_DEFAULTS.validate_every, show_default=True, help="Epochs between validation passes.")
 @click.option("--workers", type=click.IntRange(min=0), default=_DEFAULTS.workers, show_default=True, help="Data-loading processes (0: in the main process).")
 @click.option("--architecture", type=click.Choice(["default", "tiny"]), default="default", show_default=True, help="Network size; tiny is for tests and smoke runs.")
+@click.option("--encoder", type=click.Choice(ENCODERS), default=ModelConfig.encoder, show_default=True,
+              help="resnet: trained from scratch; efficientnet-lite0: starts from ImageNet weights (needs the train extra).")
 @click.option("--fourier-order", type=click.IntRange(min=1), default=None,
               help="Elliptic Fourier order of the contours (default: the architecture's, 12 for default).")
 @click.option("--keep-fraction", type=click.FloatRange(0.0, 1.0, min_open=True), default=_DEFAULTS.keep_fraction, show_default=True,
@@ -65,7 +68,7 @@ _DEFAULTS = TrainingConfig()
 @handles_user_errors
 def train(data_dir: Path, output: Path, validation: Path | None, validation_fraction: float | None, epochs: int, batch_size: int,
           learning_rate: float, warmup_epochs: float, crop_size: int, mpp: float | None, seed: int, validate_every: int,
-          workers: int, architecture: str, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide: str | None, scanner_augmentation: bool, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
+          workers: int, architecture: str, encoder: str, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide: str | None, scanner_augmentation: bool, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
           device: str, quiet: bool) -> None:
     """Train an FrGNet on DATA_DIR (images/ and labels/ with the same file stems).
 
@@ -77,7 +80,10 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
     from wsi_frgnet.train.loop import TrainingRun, train_from_folder
 
     try:
-        base = ModelConfig.tiny() if architecture == "tiny" else ModelConfig()
+        if architecture == "tiny":
+            base = ModelConfig.tiny()
+        else:
+            base = ModelConfig.efficientnet_lite0() if encoder == "efficientnet-lite0" else ModelConfig()
         if guide is None:
             guide = default_guide_mode(keep_fraction)
         if mixed_precision is False:

@@ -133,6 +133,27 @@ def test_roi_restricts_the_work(tmp_path, model, slide_image):
         assert roi[0] - 2 <= centre[0] <= roi[0] + roi[2] + 2 and roi[1] - 2 <= centre[1] <= roi[1] + roi[3] + 2
 
 
+def test_a_place_gets_the_same_outlines_whatever_the_roi(tmp_path, model, slide_image):
+    # Tiles sit on a grid anchored at the slide's origin, so an ROI at odd coordinates reads every
+    # place at the same position in a tile as the whole-slide run does: identical outlines.
+    rgb, _ = slide_image
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", rgb, mpp=0.25, levels=1)
+    whole = SegmentConfig(tile_size=128, context=32, tissue_mask=False, measure=False)
+    segment_slide(slide, model, whole, tmp_path / "whole.geojson", quiet=True)
+    reference = [np.asarray(f["geometry"]["coordinates"][0]) for f in read_features(tmp_path / "whole.geojson")]
+    roi = (101, 77, 230, 190)
+    segment_slide(slide, model, SegmentConfig(tile_size=128, context=32, tissue_mask=False, measure=False, roi=roi),
+                  tmp_path / "roi.geojson", quiet=True)
+    inside = 0
+    for feature in read_features(tmp_path / "roi.geojson"):
+        ring = np.asarray(feature["geometry"]["coordinates"][0])
+        x, y = ring[:-1].mean(axis=0)
+        if roi[0] + 40 <= x <= roi[0] + roi[2] - 40 and roi[1] + 40 <= y <= roi[1] + roi[3] - 40:
+            inside += 1
+            assert any(len(other) == len(ring) and np.allclose(other, ring) for other in reference), (x, y)
+    assert inside >= 5
+
+
 def test_glass_is_skipped_by_the_tissue_mask(tmp_path, model, slide_image):
     rgb, _ = slide_image
     canvas = np.full((384, 1536, 3), 250, dtype=np.uint8)  # two thirds of the slide are empty glass
@@ -252,7 +273,7 @@ def test_cli_several_slides_skip_existing_and_report_failures(tmp_path, overfitt
     [
         (["missing.svs", "-o", "x.geojson"], "missing.svs: no such file"),
         (["slide.tiff", "-o", "x.geojson", "--tile-size", "100"], "--tile-size"),
-        (["slide.tiff", "-o", "x.geojson", "--context", "300"], "--context"),
+        (["slide.tiff", "-o", "x.geojson", "--context", "600"], "--context"),
         (["slide.tiff", "-o", "x.txt"], "neither a GeoJSON file name"),  # once silently made a folder x.txt
         (["slide.tiff", "-o", "typo.geojosn"], "neither a GeoJSON file name"),
         (["slide.tiff", "-o", "nodir/x.geojson"], "nodir"),

@@ -45,8 +45,10 @@ def test_reads_are_cores_grown_by_context(region):
     tiles = plan_tiles(region, tile_size, context)
     for tile in tiles:
         assert tile.read[2:] == (tile_size, tile_size)
-        assert tile.read[:2] == (tile.core[0] - context, tile.core[1] - context)
-        assert tile.context == context
+        # The core lies inside the read window at least the context away from its edges.
+        assert tile.core[0] - tile.read[0] >= context and tile.read[0] + tile_size - (tile.core[0] + tile.core[2]) >= context
+        assert tile.core[1] - tile.read[1] >= context and tile.read[1] + tile_size - (tile.core[1] + tile.core[3]) >= context
+        assert tile.context >= context
         if tile.core[2:] == (tile_size - 2 * context,) * 2:  # interior / full cores
             grown = (tile.core[0] - context, tile.core[1] - context, tile.core[2] + 2 * context, tile.core[3] + 2 * context)
             assert tile.read == grown
@@ -62,10 +64,30 @@ def test_raster_order_and_edge_cores():
     assert tiles[-1].read == (704, 704, 512, 512)
 
 
+@pytest.mark.parametrize("region", REGIONS)
+def test_a_place_is_read_by_the_same_window_whatever_the_region(region):
+    tiles = plan_tiles(region, 512, 64)
+    for tile in tiles:
+        assert tile.read[0] % 384 == 384 - 64 and tile.read[1] % 384 == 384 - 64  # grid cells grown by the context
+    other = plan_tiles((region[0] - 413, region[1] - 5, region[2] + 900, region[3] + 40), 512, 64)
+    for tile in tiles:
+        x, y, width, height = tile.core
+        for px, py in ((x, y), (x + width - 1, y + height - 1), (x + width // 2, y + height // 2)):
+            (holder,) = [t for t in other if t.core[0] <= px < t.core[0] + t.core[2] and t.core[1] <= py < t.core[1] + t.core[3]]
+            assert holder.read == tile.read
+
+
+def test_unanchored_grid_starts_at_the_region_corner():
+    (tile,) = plan_tiles((5, 7, 10, 3), 128, 16, anchored=False)
+    assert tile.core == (5, 7, 10, 3) and tile.read == (-11, -9, 128, 128)
+    assert len(plan_tiles((40, 40, 192, 192), 128, 16, anchored=False)) == 4  # 9 when anchored
+    assert len(plan_tiles((40, 40, 192, 192), 128, 16)) == 9
+
+
 def test_tiny_region_gives_one_tile():
     (tile,) = plan_tiles((5, 7, 10, 3), 128, 16)
     assert tile.core == (5, 7, 10, 3)
-    assert tile.read == (-11, -9, 128, 128)
+    assert tile.read == (-16, -16, 128, 128)  # the grid cell (0, 0, 96, 96) grown by the context
 
 
 @pytest.mark.parametrize(("tile_size", "context"), [(128, 64), (128, 100), (10, 5), (64, -1)])

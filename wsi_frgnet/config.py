@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +13,11 @@ GUIDE_MODES: tuple[str, ...] = ("soft", "hard", "none")
 PARTIAL_RULES: tuple[str, ...] = ("haematoxylin", "guide")
 # What ``finetune --freeze-all-but`` may leave trainable (see wsi_frgnet.train.finetune.trainable_modules).
 FREEZE_CHOICES: tuple[str, ...] = ("guide", "heads", "decoder", "none")
+
+# Encoders (wsi_frgnet.model.backbone): resnet is trained from scratch; efficientnet-lite0 starts
+# from ImageNet weights (the training extra) and has fixed level widths.
+ENCODERS: tuple[str, ...] = ("resnet", "efficientnet-lite0")
+EFFICIENTNET_LITE0_WIDTHS: tuple[int, ...] = (16, 24, 40, 112, 320)
 
 # Per-channel mean / std of RGB in [0, 1] used to normalise network input (H&E-typical values).
 DEFAULT_MEAN = (0.70, 0.52, 0.70)
@@ -24,7 +29,8 @@ class ModelConfig:
     """Architecture of an FrGNet.
 
     Encoder level i has stride 2**(i+1): level 0 (F0) is the stem at stride 2, then one
-    residual stage per further level. The CPN heads read decoder level 1 (stride 4), the guide
+    residual stage per further level (``encoder`` resnet; efficientnet-lite0 has its own
+    levels, ``EFFICIENTNET_LITE0_WIDTHS``, and ignores ``encoder_blocks``). The CPN heads read decoder level 1 (stride 4), the guide
     and refinement heads decoder level 0 (stride 2).
     """
 
@@ -40,8 +46,13 @@ class ModelConfig:
     guide: GuideMode = "soft"
     contrastive: bool = True
     projection_dim: int = 128
+    encoder: str = "resnet"
 
     def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, not {self.encoder!r}")
+        if self.encoder == "efficientnet-lite0" and tuple(self.encoder_widths) != EFFICIENTNET_LITE0_WIDTHS:
+            raise ValueError(f"the efficientnet-lite0 encoder has level widths {EFFICIENTNET_LITE0_WIDTHS}")
         if len(self.encoder_widths) != len(self.encoder_blocks) + 1:
             raise ValueError("encoder_widths needs one entry more than encoder_blocks (the stem)")
         if len(self.decoder_widths) != len(self.encoder_widths):
@@ -64,6 +75,11 @@ class ModelConfig:
     @property
     def uses_guide(self) -> bool:
         return self.guide != "none"
+
+    @classmethod
+    def efficientnet_lite0(cls, **overrides: Any) -> "ModelConfig":
+        """The default architecture on an EfficientNet-Lite0 encoder."""
+        return cls(**{"encoder": "efficientnet-lite0", "encoder_widths": EFFICIENTNET_LITE0_WIDTHS, **overrides})
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "ModelConfig":
@@ -195,13 +211,25 @@ class TrainingConfig:
             raise ValueError(f"--precision must be one of {PRECISIONS}")
 
 
+# Tile layout (tile side, context, tiles per batch; working px) where none is given, per device
+# type. The network's output at a pixel still moves with image content up to about 200 px away,
+# so the context decides how far tiled outlines agree with one pass over the whole region: PQ
+# 0.945 with 512/64, 0.993 with 1024/128, 0.998 with 1536/192 on the 20x slide of
+# docs/RESULTS.md (benchmarks/seams.py). All three recompute the same share of context; larger
+# tiles need more memory, so CPUs take 1024 px one at a time (peak RSS about 1.3 GB).
+TILE_LAYOUTS: dict[str, tuple[int, int, int]] = {"cuda": (1536, 192, 4), "cpu": (1024, 128, 1)}
+
+
 @dataclass(frozen=True)
 class SegmentConfig:
-    """How a slide is cut and run. Sizes in working px (the model's resolution)."""
+    """How a slide is cut and run. Sizes in working px (the model's resolution).
 
-    tile_size: int = 512  # network input side
-    context: int = 64  # overlap on every side; nuclei larger than this are warned about
-    batch_size: int = 4
+    ``tile_size``, ``context`` and ``batch_size`` left as None take the device's values
+    (``TILE_LAYOUTS``) through :meth:`for_device`, which the slide pipeline calls."""
+
+    tile_size: int | None = None  # network input side
+    context: int | None = None  # overlap on every side; nuclei larger than this are warned about
+    batch_size: int | None = None
     tissue_mask: bool = True
     roi: tuple[int, int, int, int] | None = None  # (x, y, width, height) in level-0 px
     roi_geojson: Path | None = None  # QuPath annotations (level-0 px) restricting the work
@@ -217,13 +245,15 @@ class SegmentConfig:
     measure: bool = True  # shape and stain measurements of every object
 
     def __post_init__(self) -> None:
-        if self.tile_size % 32 or self.tile_size < 64:
+        if self.tile_size is not None and (self.tile_size % 32 or self.tile_size < 64):
             raise ValueError(f"--tile-size {self.tile_size}: must be a multiple of 32, at least 64")
-        if not 0 <= 2 * self.context < self.tile_size:
-            raise ValueError(f"--context {self.context}: must be >= 0 and less than half of --tile-size")
+        if self.context is not None and self.context < 0:
+            raise ValueError(f"--context {self.context}: must be >= 0")
+        if self.tile_size is not None and self.context is not None and not 2 * self.context < self.tile_size:
+            raise ValueError(f"--context {self.context}: must be less than half of --tile-size")
         if not self.tissue_microns_per_pixel > 0 or self.thumbnail_size < 1:
             raise ValueError("the tissue-mask resolution and thumbnail size must be positive")
-        if self.batch_size < 1 or self.reader_threads < 1:
+        if (self.batch_size is not None and self.batch_size < 1) or self.reader_threads < 1:
             raise ValueError("--batch-size and reader threads must be at least 1")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {PRECISIONS}")
@@ -231,6 +261,20 @@ class SegmentConfig:
             raise ValueError(f"--cell-expansion {self.cell_expansion}: must be between 0 and 100 µm")
         if not (math.isfinite(self.cell_constrain_scale) and 0.0 <= self.cell_constrain_scale <= 10.0):
             raise ValueError(f"--cell-constrain-scale {self.cell_constrain_scale}: must be between 0 and 10")
+
+    def for_device(self, device_type: str) -> "SegmentConfig":
+        """This config with the tile layout completed for a device type ("cpu", "cuda", ...;
+        types without a layout of their own take the CPU's). Raises ValueError when the context
+        given does not fit the tile side."""
+        tile_size, context, batch_size = TILE_LAYOUTS.get(device_type, TILE_LAYOUTS["cpu"])
+        if self.tile_size is not None and self.context is None:
+            context = min(context, self.tile_size // 8)  # a given tile keeps the layout's share of context
+        return replace(
+            self,
+            tile_size=self.tile_size if self.tile_size is not None else tile_size,
+            context=self.context if self.context is not None else context,
+            batch_size=self.batch_size if self.batch_size is not None else batch_size,
+        )
 
 
 @dataclass(frozen=True)

@@ -251,8 +251,10 @@ def segment_slide(
     Resumable: the tiles done are journalled beside the output (:mod:`~wsi_frgnet.engine.journal`);
     the same call after an interruption continues from them, and gives the same file.
     ``restart``: forget any journal and start over. Temporary files an interrupted run left
-    beside ``output`` are removed."""
+    beside ``output`` are removed. A tile layout left open in ``config`` is that of the model's
+    device (:meth:`SegmentConfig.for_device`)."""
     started = time.monotonic()
+    config = config.for_device(next(model.network.parameters()).device.type)
     output = Path(output)
     if not output.parent.is_dir():
         raise InputError(f"{output}: cannot write, output folder {output.parent} does not exist")

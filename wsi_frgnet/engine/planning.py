@@ -75,8 +75,11 @@ def tissue_thumbnail_size(
     return max(level_sides, default=size)
 
 
-def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> SlidePlan:
-    """Tiles (in working px) covering the slide's tissue, ROI or bounds."""
+def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig, anchored: bool = True) -> SlidePlan:
+    """Tiles (in working px) covering the slide's tissue, ROI or bounds (the tile layout left
+    open in ``config`` is the model's device's, :meth:`SegmentConfig.for_device`); ``anchored``:
+    see :func:`~wsi_frgnet.engine.tiling.plan_tiles`."""
+    config = config.for_device(next(model.network.parameters()).device.type)
     slide_mpp = require_microns_per_pixel(slide)
     model_mpp = model.checkpoint.microns_per_pixel
     if model_mpp is None:
@@ -98,7 +101,7 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig) -> Slide
             raise InputError(f"--roi {' '.join(map(str, config.roi))}: lies outside the slide {slide.path}")
     else:
         region_level0 = slide.bounds
-    tiles = plan_tiles(region_to_working(region_level0, factor), config.tile_size, config.context)
+    tiles = plan_tiles(region_to_working(region_level0, factor), config.tile_size, config.context, anchored)
     roi_polygons = []
     if config.roi_geojson is not None:
         polygons = region_mask_from_geojson(config.roi_geojson, offset=offset)

@@ -10,7 +10,10 @@ Each :class:`Tile` has
 - a *read* rectangle, always ``tile_size`` x ``tile_size`` (constant shape: good for batching):
   what the network sees. It is the core grown by ``context`` on every side and may reach outside
   the region or the slide; the reader pads (white) where there are no pixels;
-- a *core* rectangle: the cores of all tiles partition the region exactly.
+- a *core* rectangle: the cores of all tiles partition the region exactly. Cores are cells of a
+  grid anchored at the slide's origin (cut at the region's edges), not at the region's corner:
+  the network's output at a place depends on where that place falls in its input (a shift by
+  less than its deepest stride moves outlines), so a place must always be read the same way.
 
 A tile is responsible for ("owns") exactly the objects whose centroid lies in its core
 (half-open, :func:`wsi_frgnet.engine.merge.keep_owned`), so every object of the region is reported by exactly one tile, provided
@@ -56,13 +59,17 @@ class Tile:
         return self.core[0] - self.read[0]
 
 
-def plan_tiles(region: Rect, tile_size: int, context: int) -> list[Tile]:
+def plan_tiles(region: Rect, tile_size: int, context: int, anchored: bool = True) -> list[Tile]:
     """Tiles covering ``region`` (x, y, width, height in working px), in raster order (rows top
     to bottom, left to right within a row).
 
-    Read rectangles are ``tile_size`` square; cores are ``tile_size - 2 * context`` square, except
-    in the last column / row where they are cut at the region's right / bottom edge. Raises
-    ValueError when ``tile_size <= 2 * context``, for a negative context or an empty region.
+    Cores lie on a grid of ``tile_size - 2 * context`` px anchored at the slide's origin (working
+    px 0, 0), cut at the region's edges; read rectangles are ``tile_size`` square, a grid cell
+    grown by ``context``. So a place of the slide is always read by the same window, whatever
+    the region (an ROI, the tissue's bounds), and gets the same outlines. ``anchored`` False: the
+    grid starts at the region's corner instead (fewer tiles where only the tiles' pixels matter,
+    as for training samples). Raises ValueError when
+    ``tile_size <= 2 * context``, for a negative context or an empty region.
     """
     x, y, width, height = (int(v) for v in region)
     if context < 0:
@@ -72,15 +79,18 @@ def plan_tiles(region: Rect, tile_size: int, context: int) -> list[Tile]:
     if width <= 0 or height <= 0:
         raise ValueError(f"region {tuple(region)}: width and height must be positive")
     core_size = tile_size - 2 * context
+    start_x, start_y = (x // core_size * core_size, y // core_size * core_size) if anchored else (x, y)
     tiles = []
-    for core_y in range(y, y + height, core_size):
-        core_height = min(core_size, y + height - core_y)
-        for core_x in range(x, x + width, core_size):
-            core_width = min(core_size, x + width - core_x)
+    for grid_y in range(start_y, y + height, core_size):
+        core_y = max(grid_y, y)
+        core_height = min(grid_y + core_size, y + height) - core_y
+        for grid_x in range(start_x, x + width, core_size):
+            core_x = max(grid_x, x)
+            core_width = min(grid_x + core_size, x + width) - core_x
             tiles.append(
                 Tile(
                     index=len(tiles),
-                    read=(core_x - context, core_y - context, tile_size, tile_size),
+                    read=(grid_x - context, grid_y - context, tile_size, tile_size),
                     core=(core_x, core_y, core_width, core_height),
                 )
             )

@@ -1,4 +1,5 @@
-"""ResNet-style encoder and U-Net-style decoder, built from scratch (no torchvision)."""
+"""Encoders (ResNet-style, or EfficientNet-Lite0 for ImageNet weights) and the U-Net-style
+decoder, built from scratch (no torchvision)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,66 @@ class Encoder(nn.Module):
         levels = [self.stem(x)]
         for stage in self.stages:
             levels.append(stage(levels[-1]))
+        return levels
+
+
+class MobileBlock(nn.Module):
+    """EfficientNet-Lite inverted residual: 1x1 expansion → depthwise k x k → 1x1 projection,
+    ReLU6, no squeeze-excitation; a shortcut when shape is kept. Names follow the published
+    EfficientNet-Lite0 weights (``expand_conv``, ``bn0``, ...)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        hidden = in_channels * expansion
+        if expansion != 1:
+            self.expand_conv = nn.Conv2d(in_channels, hidden, 1, bias=False)
+            self.bn0 = nn.BatchNorm2d(hidden, eps=1e-3)
+        self.depthwise_conv = nn.Conv2d(hidden, hidden, kernel, stride=stride, padding=kernel // 2, groups=hidden, bias=False)
+        self.bn1 = nn.BatchNorm2d(hidden, eps=1e-3)
+        self.project_conv = nn.Conv2d(hidden, out_channels, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels, eps=1e-3)
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        if hasattr(self, "expand_conv"):
+            out = F.relu6(self.bn0(self.expand_conv(out)))
+        out = F.relu6(self.bn1(self.depthwise_conv(out)))
+        out = self.bn2(self.project_conv(out))
+        return out + x if self.residual else out
+
+
+class EfficientNetLite0Encoder(nn.Module):
+    """EfficientNet-Lite0 without its classifier, for ImageNet weights (``train --encoder``).
+
+    Returns five levels at strides 2, 4, 8, 16, 32 with 16, 24, 40, 112 and 320 channels (the
+    outputs of blocks 0, 2, 4, 10 and 15). Stride-2 convolutions pad symmetrically, which
+    shifts the features by one input pixel against the padding the weights were trained with;
+    training adapts to it.
+    """
+
+    # (kernel, stride, expansion, output channels, repeats) per stage.
+    STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3), (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
+    LEVEL_ENDS = (0, 2, 4, 10, 15)  # last block of each output level
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_stem = nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(32, eps=1e-3)
+        blocks, channels = [], 32
+        for kernel, stride, expansion, out_channels, repeats in self.STAGES:
+            for repeat in range(repeats):
+                blocks.append(MobileBlock(channels, out_channels, kernel, stride if repeat == 0 else 1, expansion))
+                channels = out_channels
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = F.relu6(self.bn0(self.conv_stem(x)))
+        levels = []
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in self.LEVEL_ENDS:
+                levels.append(x)
         return levels
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from wsi_frgnet.config import ModelConfig
-from wsi_frgnet.model.backbone import Decoder, Encoder
+from wsi_frgnet.model.backbone import Decoder, EfficientNetLite0Encoder, Encoder
 
 
 def _head(in_channels: int, width: int, out_channels: int) -> nn.Sequential:
@@ -67,7 +67,9 @@ class FrgNet(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config.encoder_widths, config.encoder_blocks)
+        self.encoder: nn.Module = (
+            EfficientNetLite0Encoder() if config.encoder == "efficientnet-lite0" else Encoder(config.encoder_widths, config.encoder_blocks)
+        )
         self.decoder = Decoder(config.encoder_widths, config.decoder_widths)
         head_in, fine_in, width = config.decoder_widths[1], config.decoder_widths[0], config.head_width
         self.score_head = _head(head_in, width, 1)

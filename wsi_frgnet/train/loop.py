@@ -49,6 +49,7 @@ from wsi_frgnet.model.model_file import (
     write_payload,
 )
 from wsi_frgnet.train.crops import LabelledArray, RandomCrops, collate
+from wsi_frgnet.train.pretrained import load_imagenet_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,8 @@ def train(run: TrainingRun, train_images: list[LabelledArray], validation_images
     run.provenance.setdefault("targets", config_to_dict(run.targets))
     torch.manual_seed(run.training.seed)
     model = FrgNet(run.model_config)
+    if run.model_config.encoder == "efficientnet-lite0":
+        load_imagenet_encoder(model.encoder)
     dataset = RandomCrops(
         train_images, run.training.crop_size, run.model_config, run.targets, run.training.seed,
         keep_fraction=run.training.keep_fraction, scanner=run.training.scanner_augmentation,
