@@ -30,6 +30,9 @@ _DEFAULTS = FinetuneConfig()
 @click.option("--freeze-all-but", "keep", type=click.Choice(FREEZE_CHOICES), default=_DEFAULTS.keep, show_default=True,
               help="What stays trainable: guide (the Fourier guide head: the unlabelled setting), heads (all heads), "
                    "decoder (decoder and heads), none (train everything). Without annotations only 'guide' can learn.")
+@click.option("--input-statistics/--no-input-statistics", default=_DEFAULTS.input_statistics,
+              help="First shift the model's input normalisation so that the inputs' mean tissue colour meets that of its "
+                   "training data (no training; recorded in the output) [default: on without annotations, off with them].")
 @click.option("--tiles-per-slide", type=click.IntRange(min=1), default=_DEFAULTS.tiles_per_slide, show_default=True,
               help="Random tiles per input (seeded): tissue tiles, or tiles overlapping the annotations.")
 @click.option("--tile-size", type=int, default=_DEFAULTS.tile_size, show_default=True, help="Tile side, px at the model's resolution (multiple of 32).")
@@ -46,13 +49,17 @@ _DEFAULTS = FinetuneConfig()
 @device_option
 @quiet_option
 @handles_user_errors
-def finetune(inputs: tuple[Path, ...], model_path: Path | None, output: Path, keep: str, tiles_per_slide: int, tile_size: int, epochs: int,
+def finetune(inputs: tuple[Path, ...], model_path: Path | None, output: Path, keep: str, input_statistics: bool | None, tiles_per_slide: int, tile_size: int, epochs: int,
              batch_size: int, learning_rate: float, mpp: float | None, seed: int, workers: int, precision: str, resume: bool, overwrite: bool, device: str,
              quiet: bool) -> None:
     """Adapt a model to a lab's own slides or images (INPUT: slides, images, folders of
     images, or training-data folders with images/ and labels/ as for train).
 
-    Without annotations only the Fourier guide head trains, on the inputs' own Fourier guide.
+    Without annotations the model's input normalisation is first shifted so that the inputs'
+    mean tissue colour meets that of its training data (--no-input-statistics: not), then only
+    the Fourier guide head trains, on the inputs' own Fourier guide (the method's unlabelled
+    setting). On a stain-shifted copy of 14 validation images the first step recovers most of
+    the accuracy lost, the second nothing measurable (docs/RESULTS.md).
 
     Annotations: NAME.geojson (or NAME.geojson.gz) beside NAME.svs, NAME.png, ..., a QuPath
     export in QuPath's coordinates; or the labels/ of a training-data folder. With them,
@@ -76,7 +83,7 @@ def finetune(inputs: tuple[Path, ...], model_path: Path | None, output: Path, ke
     from wsi_frgnet.train.loop import TrainingRun
 
     try:
-        settings = FinetuneConfig(keep=keep, tiles_per_slide=tiles_per_slide, tile_size=tile_size, epochs=epochs,
+        settings = FinetuneConfig(keep=keep, input_statistics=input_statistics, tiles_per_slide=tiles_per_slide, tile_size=tile_size, epochs=epochs,
                                   batch_size=batch_size, learning_rate=learning_rate, seed=seed, workers=workers, precision=precision)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
@@ -91,6 +98,7 @@ def finetune(inputs: tuple[Path, ...], model_path: Path | None, output: Path, ke
         microns_per_pixel=checkpoint.microns_per_pixel, mean=checkpoint.mean, std=checkpoint.std, device=resolve_device(device), resume=resume, quiet=quiet,
         provenance={"command": " ".join(["frgnet-wsi", *sys.argv[1:]])},
     )
-    summary = adapt(run, model, model.path, sample, keep)
+    align = (not sample.annotated) if settings.input_statistics is None else settings.input_statistics
+    summary = adapt(run, model, model.path, sample, keep, input_statistics=align)
     kind = "annotated" if sample.annotated else "unlabelled"
     click.echo(f"Wrote {output}: adapted on {len(sample.tiles)} {kind} tiles in {summary['seconds'] / 60:.1f} min.")

@@ -1,6 +1,7 @@
 """Unlabelled-domain adaptation: only the guide head moves; the result is a normal model."""
 
 import numpy as np
+import tifffile
 import pytest
 import torch
 from click.testing import CliRunner
@@ -43,6 +44,49 @@ def test_only_the_guide_head_changes(tmp_path, overfitted_model, other_lab_slide
     summary = segment_slide(other_lab_slide, load_model(output), SegmentConfig(tile_size=128, context=32),
                             tmp_path / "n.geojson", quiet=True)
     assert summary.nuclei > 0
+
+
+def test_input_statistics_meet_the_training_colours(tmp_path, overfitted_model, other_lab_slide):
+    from wsi_frgnet.engine.tissue import tissue_rgb_mean
+
+    run, _, _ = overfitted_model
+    parent = load_checkpoint(run.output)
+    assert parent.data_mean is not None  # train records it
+    output = tmp_path / "tuned.pt"
+    result = CliRunner().invoke(main, ["finetune", "--model", str(run.output), str(other_lab_slide), "-o", str(output), *FAST])
+    assert result.exit_code == 0, result.output + result.stderr
+    tuned = load_checkpoint(output)
+    record = tuned.provenance["input_statistics"]
+    tiles_mean = np.array(record["data_mean"])
+    assert np.allclose(tuned.data_mean, tiles_mean)
+    # The bluer lab: its tiles' mean differs, and the normalisation moved by exactly that difference.
+    shift = tiles_mean - np.array(parent.data_mean)
+    assert np.abs(shift).max() > 0.02
+    assert np.allclose(np.array(tuned.mean) - np.array(parent.mean), shift)
+    assert tuned.std == parent.std
+    # The tiles' mean is that of the tiles it read (their tissue), within sampling.
+    sample_mean = tissue_rgb_mean([tifffile.imread(other_lab_slide)[..., :3]])
+    assert np.allclose(tiles_mean, sample_mean, atol=0.03)
+
+    plain = tmp_path / "plain.pt"
+    result = CliRunner().invoke(main, ["finetune", "--model", str(run.output), str(other_lab_slide), "-o", str(plain), *FAST,
+                                       "--no-input-statistics"])
+    assert result.exit_code == 0, result.stderr
+    kept = load_checkpoint(plain)
+    assert kept.mean == parent.mean and "input_statistics" not in kept.provenance and kept.data_mean == parent.data_mean
+
+
+def test_input_statistics_need_the_training_colours(tmp_path, overfitted_model, other_lab_slide):
+    from dataclasses import replace
+
+    from wsi_frgnet.model.model_file import save_checkpoint
+
+    run, _, _ = overfitted_model
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, replace(load_checkpoint(run.output), data_mean=None))
+    result = CliRunner().invoke(main, ["finetune", "--model", str(old), str(other_lab_slide), "-o", str(tmp_path / "t.pt"), *FAST])
+    assert result.exit_code == 2 and "--no-input-statistics" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "t.pt").exists()
 
 
 @pytest.mark.parametrize(

@@ -89,8 +89,15 @@ def test_round_trip_keeps_every_field(tmp_path):
 
     network = FrgNet(ModelConfig.tiny(guide="hard"))
     original = ModelCheckpoint(ModelConfig.tiny(guide="hard"), network.state_dict(), 0.5, PostprocessConfig(0.7, 0.4, 0.0),
-                               (0.6, 0.5, 0.6), (0.2, 0.2, 0.2), {"data": "lab"})
+                               (0.6, 0.5, 0.6), (0.2, 0.2, 0.2), {"data": "lab"}, data_mean=(0.65, 0.44, 0.6))
     save_checkpoint(tmp_path / "m.pt", original)
     loaded = load_checkpoint(tmp_path / "m.pt")
-    assert (loaded.model_config, loaded.microns_per_pixel, loaded.postprocess, loaded.mean, loaded.std, loaded.provenance) == (
-        original.model_config, original.microns_per_pixel, original.postprocess, original.mean, original.std, original.provenance)
+    fields = ("model_config", "microns_per_pixel", "postprocess", "mean", "std", "provenance", "data_mean")
+    assert [getattr(loaded, f) for f in fields] == [getattr(original, f) for f in fields]
+
+
+def test_the_shipped_model_records_its_training_colours():
+    from wsi_frgnet.engine.inference import default_model_path
+
+    shipped = load_checkpoint(default_model_path())
+    assert shipped.data_mean is not None and all(0.3 < value < 0.8 for value in shipped.data_mean)

@@ -205,3 +205,17 @@ def test_tiles_in_polygons():
     assert cores == {(0, 0), (100, 0), (0, 100), (100, 100), (600, 400)}
     assert [t.index for t in kept] == sorted(t.index for t in kept)
     assert tiles_in_polygons(tiles, []) == []
+
+
+def test_tissue_rgb_mean_leaves_glass_out():
+    from wsi_frgnet.engine.tissue import tissue_rgb_mean
+
+    image = np.full((10, 10, 3), 245, np.uint8)  # glass
+    image[:5] = (200, 100, 150)  # tissue
+    assert np.allclose(tissue_rgb_mean([image], step=1), (200 / 255, 100 / 255, 150 / 255))
+    # Two images pool their tissue pixels.
+    other = np.full((10, 10, 3), (100, 50, 50), np.uint8)
+    assert np.allclose(tissue_rgb_mean([image, other], step=1), ((50 * 200 + 100 * 100) / 150 / 255, (50 * 100 + 100 * 50) / 150 / 255,
+                                                                  (50 * 150 + 100 * 50) / 150 / 255))
+    # All glass: the mean of every pixel.
+    assert np.allclose(tissue_rgb_mean([np.full((4, 4, 3), 250, np.uint8)], step=1), (250 / 255,) * 3)

@@ -282,6 +282,9 @@ class FinetuneConfig:
     """What ``finetune`` samples from a lab's inputs and how it trains on them."""
 
     keep: str = "guide"  # what stays trainable (FREEZE_CHOICES); the rest is frozen
+    # Align the input normalisation with the inputs' colours first (train.finetune.align_input_statistics);
+    # None: on for inputs without annotations, off with them.
+    input_statistics: bool | None = None
     tiles_per_slide: int = 64  # random tiles per input (seeded)
     tile_size: int = 256  # tile side, px at the model's resolution
     epochs: int = 5

@@ -19,7 +19,7 @@ where the scanner recorded nothing), no pen marks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +127,22 @@ def _remove_small(mask: np.ndarray, min_pixels: int, keep_border: bool = False) 
         keep[np.unique(border)] = True
     keep[0] = False
     return keep[labels]
+
+
+GLASS_LEVEL = 220  # RGB (0-255): pixels with every channel this bright are glass, not tissue
+
+
+def tissue_rgb_mean(images: Iterable[np.ndarray], step: int = 7) -> tuple[float, float, float]:
+    """Mean RGB (each in [0, 1]) of the tissue pixels of (H, W, 3) uint8 images, every
+    ``step``-th pixel; glass (every channel >= ``GLASS_LEVEL``) left out. All glass: the mean of
+    every pixel. Used to align a new lab's colours with a model's training data."""
+    samples = [np.asarray(image).reshape(-1, 3)[::step] for image in images]
+    if not samples:
+        raise ValueError("no images to take the mean of")
+    pixels = np.concatenate(samples)
+    tissue = pixels[pixels.min(axis=1) < GLASS_LEVEL]
+    chosen = tissue if len(tissue) else pixels
+    return tuple(float(v) for v in chosen.mean(axis=0) / 255.0)
 
 
 def tiles_with_tissue(

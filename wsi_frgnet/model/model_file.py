@@ -2,7 +2,8 @@
 
 Contents (all plain types + tensors, so loading uses ``torch.load(weights_only=True)``), format
 version 2: ``format``, ``format_version``, ``kind`` ("model"), ``written_by`` (tool version),
-``model_config``, ``input`` (``microns_per_pixel``, ``mean``, ``std`` of the network input),
+``model_config``, ``input`` (``microns_per_pixel``, ``mean``, ``std`` of the network input, and
+``data_mean``, the mean RGB of the tissue it was trained on or adapted to, when known),
 ``postprocess`` (thresholds), ``provenance`` (data, command, parent model) and ``state_dict``.
 
 Older files are read through :data:`MIGRATIONS`, one function per version step, so every model
@@ -73,6 +74,9 @@ class ModelCheckpoint:
     mean: tuple[float, float, float] = DEFAULT_MEAN
     std: tuple[float, float, float] = DEFAULT_STD
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Mean RGB (each in [0, 1]) of the tissue the model was trained on (or adapted to): what
+    # ``finetune`` aligns a new lab's colours with. None for models that did not record it.
+    data_mean: tuple[float, float, float] | None = None
 
     def build_model(self, device: torch.device | str = "cpu") -> FrgNet:
         """The network with these weights for inference: eval mode, on ``device``, channels-last
@@ -103,7 +107,8 @@ def save_checkpoint(path: Path, checkpoint: ModelCheckpoint) -> None:
     contents = {
         "model_config": config_to_dict(checkpoint.model_config),
         "postprocess": config_to_dict(checkpoint.postprocess),
-        "input": {"microns_per_pixel": checkpoint.microns_per_pixel, "mean": list(checkpoint.mean), "std": list(checkpoint.std)},
+        "input": {"microns_per_pixel": checkpoint.microns_per_pixel, "mean": list(checkpoint.mean), "std": list(checkpoint.std),
+                  "data_mean": None if checkpoint.data_mean is None else list(checkpoint.data_mean)},
         "provenance": checkpoint.provenance,
         "state_dict": {k: v.detach().cpu() for k, v in checkpoint.state_dict.items()},
     }
@@ -157,6 +162,7 @@ def load_checkpoint(path: Path) -> ModelCheckpoint:
             mean=tuple(network_input["mean"]),
             std=tuple(network_input["std"]),
             provenance=payload.get("provenance", {}),
+            data_mean=None if network_input.get("data_mean") is None else tuple(network_input["data_mean"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{path}: damaged frgnet-wsi model file ({exc})") from exc

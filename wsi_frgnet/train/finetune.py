@@ -1,7 +1,8 @@
 """Fine-tuning a trained model on a lab's own slides or images.
 
-Without annotations (unlabelled-domain adaptation, METHOD_NOTES.md §6) only the Fourier guide head
-trains, on each tile's own annotation-free Fourier guide. With annotations (a QuPath GeoJSON
+Without annotations (unlabelled-domain adaptation, METHOD_NOTES.md §6) the input normalisation
+can first be aligned with the tiles' colours (:func:`align_input_statistics`); then only the
+Fourier guide head trains, on each tile's own annotation-free Fourier guide. With annotations (a QuPath GeoJSON
 export beside each input, or a training-data folder; see ``annotated_tiles``) the modules
 ``--freeze-all-but`` leaves trainable learn with the full training loss and targets, or the
 guide head alone with the training guide target of the labels.
@@ -27,6 +28,7 @@ from torch import nn
 from wsi_frgnet.config import FREEZE_CHOICES, SegmentConfig
 from wsi_frgnet.engine.inference import LoadedModel
 from wsi_frgnet.engine.planning import plan_slide, read_tile
+from wsi_frgnet.engine.tissue import tissue_rgb_mean
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.io.data_folder import (
     LabelledImage,
@@ -190,18 +192,43 @@ def sample_tiles(
     return sample
 
 
-def finetune(run: TrainingRun, model: LoadedModel, parent: Path, sample: TileSample, keep: str) -> dict[str, Any]:
+def align_input_statistics(run: TrainingRun, model: LoadedModel, parent: Path, tiles: list[LabelledArray]) -> dict[str, Any]:
+    """Shift ``run``'s input normalisation so that the tiles' mean tissue colour lands where the
+    parent's training tissue did (per RGB channel: mean += tiles' mean - parent's data mean),
+    and record the tiles' mean as the new data mean. Returns what was done, for the provenance.
+    InputError when the parent records no data mean."""
+    parent_mean = model.checkpoint.data_mean
+    if parent_mean is None:
+        raise InputError(f"{parent}: records no mean colour of its training data, which aligning the input statistics needs; "
+                         "pass --no-input-statistics")
+    tiles_mean = tissue_rgb_mean(tile.rgb for tile in tiles)
+    shift = tuple(new - old for new, old in zip(tiles_mean, parent_mean))
+    run.mean = tuple(float(value + delta) for value, delta in zip(model.checkpoint.mean, shift))
+    run.data_mean = tiles_mean
+    logger.info("input statistics: mean tissue RGB %s against the parent's %s",
+                ", ".join(f"{v:.3f}" for v in tiles_mean), ", ".join(f"{v:.3f}" for v in parent_mean))
+    return {"parent_data_mean": list(parent_mean), "data_mean": list(tiles_mean), "normalisation_mean": list(run.mean)}
+
+
+def finetune(run: TrainingRun, model: LoadedModel, parent: Path, sample: TileSample, keep: str,
+             input_statistics: bool = False) -> dict[str, Any]:
     """Fine-tune ``model`` on ``sample``, training only what ``keep`` names (frozen modules keep
     their BatchNorm statistics); writes ``run.output`` with its parent's hash, what was frozen
     and the data it saw in its provenance.
 
-    ``guide``: the guide head learns alone (``guide_only_loss``). ``heads``, ``decoder``,
+    ``guide``: the guide head learns alone (``guide_only_loss``): on each tile's own Fourier
+    guide without annotations, on the labels' guide target with them. ``heads``, ``decoder``,
     ``none`` need annotations and train with the full training loss (``frgnet_loss``) on the
     training targets. Annotated tiles are augmented as in ``train``; unlabelled ones are not,
-    so that the guide head learns the new lab's own stain and scanner.
+    so that the guide head learns the new lab's own stain and scanner. ``input_statistics``:
+    first align the input normalisation with the tiles' colours (:func:`align_input_statistics`);
+    the training then sees the aligned input.
     """
     if keep != "guide" and not sample.annotated:
         raise InputError(f"--freeze-all-but {keep}: needs annotated inputs; without annotations only the guide head can learn")
+    run.data_mean = model.checkpoint.data_mean
+    if input_statistics:
+        run.provenance["input_statistics"] = align_input_statistics(run, model, parent, sample.tiles)
     network = copy.deepcopy(model.network).to(memory_format=torch.contiguous_format)  # the caller's model stays as it is
     modules = trainable_modules(network, keep)
     dataset = RandomCrops(sample.tiles, run.training.crop_size, run.model_config, run.targets, run.training.seed,

@@ -29,6 +29,7 @@ from wsi_frgnet.config import (
 )
 from wsi_frgnet.engine.devices import autocast_dtype
 from wsi_frgnet.engine.inference import images_to_tensor, predict_image
+from wsi_frgnet.engine.tissue import tissue_rgb_mean
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.eval.metrics import mean_scores, score_instances
 from wsi_frgnet.io.atomic import atomic_write
@@ -67,6 +68,7 @@ class TrainingRun:
     microns_per_pixel: float | None = None
     mean: tuple[float, float, float] = DEFAULT_MEAN  # input normalisation (fine-tuning: the parent's)
     std: tuple[float, float, float] = DEFAULT_STD
+    data_mean: tuple[float, float, float] | None = None  # mean RGB of the training tissue; None: taken from the images
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     provenance: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
@@ -140,6 +142,7 @@ def _checkpoint(run: TrainingRun, model: FrgNet, extra: dict[str, Any]) -> Model
         mean=run.mean,
         std=run.std,
         provenance={**run.provenance, **extra},
+        data_mean=run.data_mean,
     )
 
 
@@ -150,6 +153,8 @@ def train(run: TrainingRun, train_images: list[LabelledArray], validation_images
         logger.warning("partial labels (keep fraction %g) with the soft guide: the method teaches the hard guide "
                        "here (the default when the guide is not chosen)", run.training.keep_fraction)
     run.provenance.setdefault("targets", config_to_dict(run.targets))
+    if run.data_mean is None:
+        run.data_mean = tissue_rgb_mean(image.rgb for image in train_images)
     torch.manual_seed(run.training.seed)
     model = FrgNet(run.model_config)
     if run.model_config.encoder == "efficientnet-lite0":
