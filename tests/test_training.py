@@ -101,6 +101,21 @@ def test_resume_refuses_a_state_of_other_settings(tmp_path):
         train(other, [image], [])
 
 
+def test_resume_refuses_auto_precision_resolved_otherwise(tmp_path, monkeypatch):
+    # "auto" picked fp32 where the run started; where it resumes, it would pick bf16.
+    image = LabelledArray("a", *synthetic_nuclei(64, 64))
+    first = _run(tmp_path / "m.pt", epochs=1)
+    first.training = type(first.training)(**{**vars(first.training), "precision": "auto"})
+    monkeypatch.setattr(training_module, "autocast_dtype", lambda *args, **kwargs: None)
+    train(first, [image], [])
+    monkeypatch.setattr(training_module, "autocast_dtype", lambda *args, **kwargs: torch.bfloat16)
+    again = _run(tmp_path / "m.pt", epochs=2)
+    again.training = type(again.training)(**{**vars(again.training), "precision": "auto", "epochs": 2})
+    again.resume = True
+    with pytest.raises(InputError, match="precision_used"):
+        train(again, [image], [])
+
+
 def test_resume_without_state_is_a_clear_error(tmp_path):
     run = _run(tmp_path / "never.pt", epochs=1)
     run.resume = True

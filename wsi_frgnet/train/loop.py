@@ -197,7 +197,9 @@ def optimise(
     warmup_steps = max(1, int(config.warmup_epochs * steps_per_epoch))
     start_epoch, step, best_pq = 0, 0, -1.0
     generator = torch.Generator().manual_seed(config.seed)  # proposal and contrastive sampling
+    dtype = autocast_dtype(config.precision, run.device, training=True)
     identity = _run_identity(run, [name for name, p in model.named_parameters() if p.requires_grad])
+    identity["precision_used"] = "fp32" if dtype is None else str(dtype).removeprefix("torch.")  # 'auto' as resolved here
     if run.resume:
         state = read_payload(run.state_path, "training-state")
         if state.get("identity") != identity:
@@ -212,7 +214,6 @@ def optimise(
         start_epoch, step, best_pq = state["epochs_done"], state["step"], state["best_pq"]
         _trim_log(run.log_path, start_epoch)
         logger.info("resuming after epoch %d of %d", start_epoch, config.epochs)
-    dtype = autocast_dtype(config.precision, run.device, training=True)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
     scaler = torch.amp.GradScaler(run.device.type, enabled=dtype == torch.float16)
     if not run.resume:  # a fresh run starts a fresh log and forgets any older state
