@@ -19,6 +19,7 @@ from wsi_frgnet.cli.common import (
 
 from wsi_frgnet.config import (
     ENCODERS,
+    GUIDE_SOURCES,
     GUIDE_MODES,
     PARTIAL_RULES,
     ModelConfig,
@@ -54,6 +55,8 @@ _DEFAULTS = TrainingConfig()
 @click.option("--partial-rule", type=click.Choice(PARTIAL_RULES), default=TargetConfig.partial_rule, show_default=True,
               help="With partial labels: which unlabelled cells are never taught as background: guide (the paper's: half the cell "
                    "guide-positive) or haematoxylin (optical density above the crop's Otsu threshold).")
+@click.option("--guide-source", type=click.Choice(GUIDE_SOURCES), default=TargetConfig.guide_source, show_default=True,
+              help="Image plane the Fourier guide is a high-pass of: luminance (the paper's) or haematoxylin optical density.")
 @click.option("--guide", type=click.Choice(GUIDE_MODES), default=None,
               help="Fourier guide target: soft (default), hard (default with --keep-fraction < 1), none turns the guide module off.")
 @click.option("--scanner-augmentation/--no-scanner-augmentation", default=_DEFAULTS.scanner_augmentation, show_default=True,
@@ -68,7 +71,7 @@ _DEFAULTS = TrainingConfig()
 @handles_user_errors
 def train(data_dir: Path, output: Path, validation: Path | None, validation_fraction: float | None, epochs: int, batch_size: int,
           learning_rate: float, warmup_epochs: float, crop_size: int, mpp: float | None, seed: int, validate_every: int,
-          workers: int, architecture: str, encoder: str, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide: str | None, scanner_augmentation: bool, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
+          workers: int, architecture: str, encoder: str, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide_source: str, guide: str | None, scanner_augmentation: bool, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
           device: str, quiet: bool) -> None:
     """Train an FrGNet on DATA_DIR (images/ and labels/ with the same file stems).
 
@@ -99,7 +102,7 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
         raise click.BadParameter(str(exc)) from exc
     refuse_to_replace(output, overwrite, resume)
     run = TrainingRun(
-        output=output, model_config=model_config, training=training, targets=TargetConfig(partial_rule=partial_rule), microns_per_pixel=mpp,
+        output=output, model_config=model_config, training=training, targets=TargetConfig(partial_rule=partial_rule, guide_source=guide_source), microns_per_pixel=mpp,
         device=resolve_device(device), resume=resume, quiet=quiet,
         provenance={"command": " ".join(["frgnet-wsi", *sys.argv[1:]])},
     )

@@ -138,3 +138,21 @@ def test_resume_from_another_parent_is_refused(tmp_path, overfitted_model, other
         main, ["finetune", "--model", str(other_parent), str(other_lab_slide), "-o", str(output), *FAST, "--resume", "--epochs", "3"]
     )
     assert resumed.exit_code == 2 and "parent_sha256" in resumed.stderr and "Traceback" not in resumed.stderr
+
+
+def test_finetuning_teaches_the_guide_the_parent_was_trained_on(overfitted_model):
+    from dataclasses import replace
+
+    from wsi_frgnet.config import TargetConfig
+    from wsi_frgnet.train.finetune import parent_targets
+
+    run, _, _ = overfitted_model
+    model = load_model(run.output)
+    assert parent_targets(model, TargetConfig(guide_source="haematoxylin")) == TargetConfig(**{
+        **vars(TargetConfig()), **{k: tuple(v) if isinstance(v, list) else v for k, v in model.checkpoint.provenance["targets"].items()}})
+    model.checkpoint = replace(model.checkpoint, provenance={"targets": {**model.checkpoint.provenance["targets"], "guide_source": "haematoxylin"}})
+    assert parent_targets(model, TargetConfig()).guide_source == "haematoxylin"
+    model.checkpoint = replace(model.checkpoint, provenance={"targets": {"from_the_future": 1}})
+    assert parent_targets(model, TargetConfig(partial_rule="haematoxylin")).partial_rule == "haematoxylin"
+    model.checkpoint = replace(model.checkpoint, provenance={})
+    assert parent_targets(model, TargetConfig()) == TargetConfig()

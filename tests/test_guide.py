@@ -175,3 +175,25 @@ def test_guide_target_on_real_he_covers_every_annotated_nucleus(he_crops):
         hard = guide_target(guide, labels > 0, hard=True)
         assert (soft[labels > 0] == 1.0).all() and (hard[labels > 0] == 1.0).all(), name
         assert np.array_equal(soft[labels == 0], guide[labels == 0])
+
+
+def test_the_guide_source_picks_the_plane():
+    from wsi_frgnet.config import TargetConfig
+    from wsi_frgnet.engine.measurements import stain_densities
+    from wsi_frgnet.model.guide import high_pass_guide
+    from wsi_frgnet.train.targets import image_guide
+
+    rgb, labels = synthetic_he()
+    assert np.array_equal(image_guide(rgb, TargetConfig()), fourier_guide(rgb))
+    haematoxylin = image_guide(rgb, TargetConfig(guide_source="haematoxylin"))
+    assert np.array_equal(haematoxylin, high_pass_guide(stain_densities(rgb)[0]))
+    assert not np.array_equal(haematoxylin, fourier_guide(rgb))
+    assert haematoxylin[labels > 0].mean() > 1.5 * haematoxylin[labels == 0].mean()
+    # An eosin-only change (denser pink background) moves the luminance guide, not much the haematoxylin one.
+    pinker = rgb.copy()
+    pinker[labels == 0] = np.clip(pinker[labels == 0].astype(int) - (0, 40, 10), 0, 255)
+    moved_h = np.abs(image_guide(pinker, TargetConfig(guide_source="haematoxylin")) - haematoxylin).mean()
+    moved_l = np.abs(fourier_guide(pinker) - fourier_guide(rgb)).mean()
+    assert moved_h < moved_l
+    with pytest.raises(ValueError, match="--guide-source"):
+        TargetConfig(guide_source="eosin")

@@ -11,6 +11,7 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")  # see engine.dev
 GuideMode = Literal["soft", "hard", "none"]
 GUIDE_MODES: tuple[str, ...] = ("soft", "hard", "none")
 PARTIAL_RULES: tuple[str, ...] = ("haematoxylin", "guide")
+GUIDE_SOURCES: tuple[str, ...] = ("luminance", "haematoxylin")  # the image plane the Fourier guide is a high-pass of
 # What ``finetune --freeze-all-but`` may leave trainable (see wsi_frgnet.train.finetune.trainable_modules).
 FREEZE_CHOICES: tuple[str, ...] = ("guide", "heads", "decoder", "none")
 
@@ -114,6 +115,8 @@ class TargetConfig:
     min_area: int = 20  # instances smaller than this (px) are ignored, not taught as background
     min_kept_fraction: float = 0.1  # instances cut by a crop to less than this share are ignored
     guide_radius: int = 1  # FFT high-pass radius R (METHOD_NOTES.md §2)
+    # The plane the guide is computed on: luminance (the paper's) or haematoxylin optical density.
+    guide_source: str = "luminance"
     hard_guide_threshold: float = 0.5
     # Partial labels: which unlabelled cells are never taught as background (train.targets.
     # unlabelled_nucleus_cells): "guide" (the paper's rule, the default: it gave the better PQ at
@@ -124,6 +127,8 @@ class TargetConfig:
     def __post_init__(self) -> None:
         if self.partial_rule not in PARTIAL_RULES:
             raise ValueError(f"--partial-rule must be one of {PARTIAL_RULES}, not {self.partial_rule!r}")
+        if self.guide_source not in GUIDE_SOURCES:
+            raise ValueError(f"--guide-source must be one of {GUIDE_SOURCES}, not {self.guide_source!r}")
 
 
 @dataclass(frozen=True)

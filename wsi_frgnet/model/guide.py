@@ -10,24 +10,27 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
 
 def fourier_guide(rgb: np.ndarray, radius: int = 1) -> np.ndarray:
-    """Normalised guide g in [0, 1] (float32, same height and width as ``rgb``).
-
-    Luminance → centred FFT → zero every coefficient within ``radius`` of the centre (removing
-    DC and the lowest frequencies) → inverse FFT → magnitude → min-max normalisation.
-    A constant image gives all zeros.
+    """Normalised guide g in [0, 1] (float32, same height and width as ``rgb``) of the image's
+    luminance: :func:`high_pass_guide` of its BT.601 grey levels. A constant image gives all zeros.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 RGB array, got shape {rgb.shape}")
-    grey = rgb.astype(np.float64) @ _LUMA
-    spectrum = np.fft.fftshift(np.fft.fft2(grey))
-    height, width = grey.shape
+    return high_pass_guide(rgb.astype(np.float64) @ _LUMA, radius)
+
+
+def high_pass_guide(plane: np.ndarray, radius: int = 1) -> np.ndarray:
+    """Centred FFT of a (H, W) plane → zero every coefficient within ``radius`` of the centre
+    (removing DC and the lowest frequencies) → inverse FFT → magnitude → min-max normalisation
+    (float32 in [0, 1]; a constant plane gives all zeros)."""
+    spectrum = np.fft.fftshift(np.fft.fft2(np.asarray(plane, dtype=np.float64)))
+    height, width = plane.shape
     yy, xx = np.ogrid[:height, :width]
     centre_y, centre_x = height // 2, width // 2  # where fftshift puts the zero frequency
     spectrum[(yy - centre_y) ** 2 + (xx - centre_x) ** 2 <= radius**2] = 0
     magnitude = np.abs(np.fft.ifft2(np.fft.ifftshift(spectrum)))
     low, high = magnitude.min(), magnitude.max()
     if high - low <= 1e-12:
-        return np.zeros(grey.shape, dtype=np.float32)
+        return np.zeros(plane.shape, dtype=np.float32)
     return ((magnitude - low) / (high - low)).astype(np.float32)
 
 

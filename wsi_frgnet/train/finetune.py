@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsi_frgnet.config import FREEZE_CHOICES, SegmentConfig
+from wsi_frgnet.config import FREEZE_CHOICES, SegmentConfig, TargetConfig, config_from_dict
 from wsi_frgnet.engine.inference import LoadedModel
 from wsi_frgnet.engine.planning import plan_slide, read_tile
 from wsi_frgnet.engine.tissue import tissue_rgb_mean
@@ -192,6 +192,20 @@ def sample_tiles(
     return sample
 
 
+def parent_targets(model: LoadedModel, fallback: TargetConfig) -> TargetConfig:
+    """How the parent's training built its targets (guide source, partial rule, ...), from its
+    provenance, so that fine-tuning teaches the same guide; ``fallback`` for files that do not
+    record it (or record fields this version does not know)."""
+    stored = model.checkpoint.provenance.get("targets")
+    if not isinstance(stored, dict):
+        return fallback
+    try:
+        return config_from_dict(TargetConfig, stored)
+    except (ValueError, TypeError):  # UnknownFields is a ValueError
+        logger.warning("the parent's target settings are not readable here; using the defaults")
+        return fallback
+
+
 def align_input_statistics(run: TrainingRun, model: LoadedModel, parent: Path, tiles: list[LabelledArray]) -> dict[str, Any]:
     """Shift ``run``'s input normalisation so that the tiles' mean tissue colour lands where the
     parent's training tissue did (per RGB channel: mean += tiles' mean - parent's data mean),
@@ -226,6 +240,7 @@ def finetune(run: TrainingRun, model: LoadedModel, parent: Path, sample: TileSam
     """
     if keep != "guide" and not sample.annotated:
         raise InputError(f"--freeze-all-but {keep}: needs annotated inputs; without annotations only the guide head can learn")
+    run.targets = parent_targets(model, run.targets)
     run.data_mean = model.checkpoint.data_mean
     if input_statistics:
         run.provenance["input_statistics"] = align_input_statistics(run, model, parent, sample.tiles)

@@ -17,7 +17,7 @@ from wsi_frgnet.engine.measurements import stain_densities
 from wsi_frgnet.engine.tissue import otsu_threshold
 from wsi_frgnet.geometry.fourier import elliptic_fourier_descriptors, resample_polygon
 from wsi_frgnet.geometry.outlines import trace_outline
-from wsi_frgnet.model.guide import fourier_guide, guide_target
+from wsi_frgnet.model.guide import fourier_guide, guide_target, high_pass_guide
 
 
 @dataclass
@@ -48,6 +48,15 @@ def _block_view(array: np.ndarray, stride: int) -> np.ndarray:
     return blocks.transpose(0, 2, 1, 3).reshape(height // stride, width // stride, stride * stride)
 
 
+def image_guide(rgb: np.ndarray, target_config: TargetConfig) -> np.ndarray:
+    """The training-free Fourier guide of an (H, W, 3) uint8 image (float32 in [0, 1]), on the
+    plane ``target_config.guide_source`` names: luminance (the paper's) or the haematoxylin
+    optical density (QuPath's default H&E vectors)."""
+    if target_config.guide_source == "haematoxylin":
+        return high_pass_guide(stain_densities(rgb)[0], target_config.guide_radius)
+    return fourier_guide(rgb, target_config.guide_radius)
+
+
 def build_targets(
     rgb: np.ndarray,
     labels: np.ndarray,
@@ -68,7 +77,7 @@ def build_targets(
     """
     stride = model_config.head_stride
     height, width = labels.shape
-    normalised_guide = fourier_guide(rgb, target_config.guide_radius) if model_config.uses_guide else None
+    normalised_guide = image_guide(rgb, target_config) if model_config.uses_guide else None
     if height % stride or width % stride:
         raise ValueError(f"crop size {width}x{height} is not a multiple of the head stride {stride}")
     order, samples = model_config.fourier_order, model_config.contour_points
@@ -141,7 +150,7 @@ def unlabelled_nucleus_cells(rgb: np.ndarray, labels: np.ndarray, stride: int, t
     """
     unlabelled = labels == 0
     if target_config.partial_rule == "guide":
-        positive = fourier_guide(rgb, target_config.guide_radius) >= target_config.hard_guide_threshold
+        positive = image_guide(rgb, target_config) >= target_config.hard_guide_threshold
         return _block_view(positive & unlabelled, stride).mean(axis=2) >= 0.5
     density = ndimage.uniform_filter(stain_densities(rgb)[0], 5)
     return _block_view((density >= otsu_threshold(density)) & unlabelled, stride).any(axis=2)
