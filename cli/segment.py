@@ -61,7 +61,7 @@ def _table_paths(slides: tuple[Path, ...], table: Path | None, into_folder: bool
 
 
 def _layouts(field: int) -> str:
-    """One field of the per-device tile layouts, for --help: "1536 on CUDA, 512 on CPU"."""
+    """One field of the per-device tile layouts, for --help: "1536 on CUDA, 1024 on CPU"."""
     return ", ".join(f"{layout[field]} on {device.upper()}" for device, layout in TILE_LAYOUTS.items())
 
 
