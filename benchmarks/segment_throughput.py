@@ -105,7 +105,7 @@ def _model_only(args: argparse.Namespace, slide: Path, queue) -> None:
     def run_batch(start: int) -> None:
         batch = images_to_tensor(tiles[start : start + args.batch_size], checkpoint.mean, checkpoint.std, device)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            model.network(batch.contiguous(memory_format=torch.channels_last))
+            model.network(batch)
 
     engine = network_executor(network_thread_shares(device))  # the streams segment runs the network on
 

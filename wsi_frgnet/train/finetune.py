@@ -244,7 +244,7 @@ def finetune(run: TrainingRun, model: LoadedModel, parent: Path, sample: TileSam
     run.data_mean = model.checkpoint.data_mean
     if input_statistics:
         run.provenance["input_statistics"] = align_input_statistics(run, model, parent, sample.tiles)
-    network = copy.deepcopy(model.network).to(memory_format=torch.contiguous_format)  # the caller's model stays as it is
+    network = copy.deepcopy(model.network)  # the caller's model stays as it is
     modules = trainable_modules(network, keep)
     dataset = RandomCrops(sample.tiles, run.training.crop_size, run.model_config, run.targets, run.training.seed,
                           augment=sample.annotated)

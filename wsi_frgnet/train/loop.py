@@ -183,8 +183,7 @@ def optimise(
     module stays in eval mode, so its BatchNorm statistics stay frozen too.
     """
     config = run.training
-    # Default memory format: channels-last backward corrupts memory in some CPU builds of torch.
-    model = model.to(run.device)
+    model = model.to(run.device, memory_format=torch.channels_last)  # METHOD_NOTES §8
     modules = [model] if trainable is None else trainable
     for parameter in model.parameters():
         parameter.requires_grad_(trainable is None)
