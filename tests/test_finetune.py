@@ -156,3 +156,16 @@ def test_finetuning_teaches_the_guide_the_parent_was_trained_on(overfitted_model
     assert parent_targets(model, TargetConfig(partial_rule="haematoxylin")).partial_rule == "haematoxylin"
     model.checkpoint = replace(model.checkpoint, provenance={})
     assert parent_targets(model, TargetConfig()) == TargetConfig()
+
+
+def test_finetuning_keeps_the_parents_resolution_range(tmp_path, overfitted_model, other_lab_slide):
+    from dataclasses import replace
+
+    from wsi_frgnet.model.model_file import save_checkpoint
+
+    run, _, _ = overfitted_model
+    ranged = tmp_path / "ranged.pt"
+    save_checkpoint(ranged, replace(load_checkpoint(run.output), coarsest_microns_per_pixel=0.4))
+    result = CliRunner().invoke(main, ["finetune", "--model", str(ranged), str(other_lab_slide), "-o", str(tmp_path / "t.pt"), *FAST])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert load_checkpoint(tmp_path / "t.pt").coarsest_microns_per_pixel == 0.4

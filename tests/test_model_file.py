@@ -89,10 +89,12 @@ def test_round_trip_keeps_every_field(tmp_path):
 
     network = FrgNet(ModelConfig.tiny(guide="hard"))
     original = ModelCheckpoint(ModelConfig.tiny(guide="hard"), network.state_dict(), 0.5, PostprocessConfig(0.7, 0.4, 0.0),
-                               (0.6, 0.5, 0.6), (0.2, 0.2, 0.2), {"data": "lab"}, data_mean=(0.65, 0.44, 0.6))
+                               (0.6, 0.5, 0.6), (0.2, 0.2, 0.2), {"data": "lab"}, data_mean=(0.65, 0.44, 0.6),
+                               coarsest_microns_per_pixel=0.7)
     save_checkpoint(tmp_path / "m.pt", original)
     loaded = load_checkpoint(tmp_path / "m.pt")
-    fields = ("model_config", "microns_per_pixel", "postprocess", "mean", "std", "provenance", "data_mean")
+    fields = ("model_config", "microns_per_pixel", "postprocess", "mean", "std", "provenance", "data_mean",
+              "coarsest_microns_per_pixel")
     assert [getattr(loaded, f) for f in fields] == [getattr(original, f) for f in fields]
 
 
@@ -101,3 +103,19 @@ def test_the_shipped_model_records_its_training_colours():
 
     shipped = load_checkpoint(default_model_path())
     assert shipped.data_mean is not None and all(0.3 < value < 0.8 for value in shipped.data_mean)
+
+
+@pytest.mark.parametrize(
+    ("model_mpp", "coarsest", "image_mpp", "working"),
+    [
+        (0.25, 0.357, 0.5, 0.357),  # a 20x slide: as coarse as the model was trained for
+        (0.25, 0.357, 0.3, 0.3),  # inside the range: the image as it is
+        (0.25, 0.357, 0.125, 0.25),  # finer than the model: down to the model's
+        (0.25, None, 0.5, 0.25),  # no range: always the model's own
+        (None, None, 0.5, 0.5),  # a model without µm/px takes images as they are
+        (0.25, 0.357, None, 0.25),
+    ],
+)
+def test_working_resolution(model_mpp, coarsest, image_mpp, working):
+    checkpoint = ModelCheckpoint(ModelConfig.tiny(), {}, model_mpp, coarsest_microns_per_pixel=coarsest)
+    assert checkpoint.working_microns_per_pixel(image_mpp) == working

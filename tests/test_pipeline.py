@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -440,3 +441,21 @@ def test_three_slides_on_local_ray_are_the_sequential_files(tmp_path, overfitted
     assert "2 segmented, 1 skipped, 1 failed" in result.output and "d.tiff" in result.stderr
     for name in ("a", "b", "c"):
         assert (tmp_path / "ray" / f"{name}.geojson").read_bytes() == (tmp_path / "sequential" / f"{name}.geojson").read_bytes()
+
+
+def test_a_coarse_slide_is_segmented_within_the_models_range(tmp_path, model, slide_image, caplog):
+    from dataclasses import replace
+
+    from wsi_frgnet.engine.planning import plan_slide
+    from wsi_frgnet.io.slide import open_slide
+
+    slide = write_pyramidal_tiff(tmp_path / "slide20x.tiff", slide_image[0], mpp=0.5, levels=1)
+    ranged = replace(model, checkpoint=replace(model.checkpoint, coarsest_microns_per_pixel=0.4))
+    with open_slide(slide) as opened:
+        assert plan_slide(opened, model, SMALL_TILES).factor == pytest.approx(0.25 / 0.5)  # upsampled 2x
+        with caplog.at_level(logging.INFO, logger="wsi_frgnet"):
+            assert plan_slide(opened, ranged, SMALL_TILES).factor == pytest.approx(0.4 / 0.5)  # only 1.25x
+    assert "segmenting at 0.4 µm/px" in caplog.text
+    segment_slide(slide, ranged, SMALL_TILES, tmp_path / "nuclei.geojson", quiet=True)
+    report = json.loads((tmp_path / "nuclei.geojson").with_suffix(".run.json").read_text())
+    assert report["working_microns_per_pixel"] == pytest.approx(0.4)

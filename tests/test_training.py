@@ -161,3 +161,44 @@ def test_scanner_augmentation_changes_pixels_not_outlines():
     (image_a, a), (image_b, b) = plain[0], scanned[0]
     assert not np.array_equal(image_a, image_b)
     assert np.array_equal(a.score, b.score) and np.array_equal(a.contours, b.contours)
+
+
+def test_resize_crop_keeps_labels_on_their_pixels():
+    from wsi_frgnet.train.crops import resize_crop
+
+    rgb, labels = synthetic_nuclei(96, 96, seed=4)
+    rgb = np.repeat(np.where(labels[..., None] > 0, 0, 255).astype(np.uint8), 3, axis=2)  # black nuclei on white
+    image, resized, unknown = resize_crop(rgb, labels, labels > 0, 64)
+    assert image.shape == (64, 64, 3) and resized.shape == unknown.shape == (64, 64)
+    assert np.array_equal(unknown, resized > 0)
+    assert image[resized > 0].mean() < 80 and image[resized == 0].mean() > 175  # image and labels stay registered
+    # every nucleus that fills whole 2x2 blocks survives, at about (64 / 96)² of its area
+    kept = [i for i in np.unique(labels)[1:] if (labels == i).sum() > 40]
+    ratios = [(resized == i).sum() / (labels == i).sum() for i in kept]
+    assert kept and np.allclose(ratios, (64 / 96) ** 2, rtol=0.3)
+
+
+def test_scale_jitter_zooms_crops_and_keeps_their_nuclei():
+    rgb, labels = synthetic_nuclei(320, 320, seed=8)
+    config = ModelConfig.tiny()
+    plain = RandomCrops([LabelledArray("a", rgb, labels)], 128, config, TargetConfig(), seed=3)
+    zoomed = RandomCrops([LabelledArray("a", rgb, labels)], 128, config, TargetConfig(), seed=3, scale_jitter=0.3)
+    zooms = [zoomed._crop(zoomed.images[0], np.random.default_rng(seed))[3] for seed in range(40)]
+    assert 0.7 <= min(zooms) < 0.85 and 1.15 < max(zooms) <= 1.3
+    assert all(plain._crop(plain.images[0], np.random.default_rng(seed))[3] == 1.0 for seed in range(5))
+    # the whole-image area rule scales with the zoom, so shrunk nuclei are still taught
+    taught = [len(zoomed[i][1].centres) for i in range(len(zoomed))]
+    untouched = [len(plain[i][1].centres) for i in range(len(plain))]
+    assert sum(taught) >= 0.8 * sum(untouched)
+    sample = zoomed[0][0]
+    assert sample.shape == (128, 128, 3)
+
+
+def test_training_with_scale_jitter_records_the_coarsest_working_resolution(tmp_path):
+    rgb, labels = synthetic_nuclei(128, 128, seed=2)
+    run = _run(tmp_path / "m.pt", epochs=1, scale_jitter=0.3)
+    train(run, [LabelledArray("a", rgb, labels)], [])
+    assert load_checkpoint(run.output).coarsest_microns_per_pixel == pytest.approx(run.microns_per_pixel / 0.7, rel=1e-3)
+    plain = _run(tmp_path / "p.pt", epochs=1)
+    train(plain, [LabelledArray("a", rgb, labels)], [])
+    assert load_checkpoint(plain.output).coarsest_microns_per_pixel is None

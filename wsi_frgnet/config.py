@@ -200,12 +200,15 @@ class TrainingConfig:
     precision: str = "auto"  # auto: bf16 where the GPU or CPU computes it natively, else fp32 (engine.devices)
     keep_fraction: float = 1.0  # share of each image's nuclei kept as annotations (weak supervision)
     scanner_augmentation: bool = False  # also train on scanner-like degradations (train.augment.scanner_jitter)
+    scale_jitter: float = 0.0  # resample each crop by a factor in [1 - s, 1 + s] (train.crops.RandomCrops)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.validate_every < 1:
             raise ValueError("epochs, batch_size and validate_every must be at least 1")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError("learning_rate must be a positive number")
+        if not 0.0 <= self.scale_jitter < 0.75:
+            raise ValueError(f"scale_jitter must be in [0, 0.75), not {self.scale_jitter}")
         if not 0.0 < self.keep_fraction <= 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1], not {self.keep_fraction}")
         if self.workers < 0 or self.seed < 0:

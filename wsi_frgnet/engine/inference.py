@@ -96,11 +96,12 @@ class LoadedModel:
 
     def predict(self, rgb: np.ndarray, microns_per_pixel: float | None = None) -> ImagePrediction:
         """Nuclei of an (H, W, 3) uint8 image, in its own px. ``microns_per_pixel`` (the image's):
-        the image is resampled to the model's µm/px for the network (bilinear) and the nuclei
-        and guide are brought back to the image's px, unless the two differ by less than
-        ``RESAMPLE_TOLERANCE``; None, or a model that records no µm/px: the image is taken as it is."""
-        model_mpp = self.checkpoint.microns_per_pixel
-        scale = 1.0 if microns_per_pixel is None or model_mpp is None else microns_per_pixel / model_mpp
+        the image is resampled to the model's working µm/px for it
+        (``ModelCheckpoint.working_microns_per_pixel``, bilinear) and the nuclei and guide are
+        brought back to the image's px, unless the two differ by less than ``RESAMPLE_TOLERANCE``;
+        None, or a model that records no µm/px: the image is taken as it is."""
+        working_mpp = self.checkpoint.working_microns_per_pixel(microns_per_pixel)
+        scale = 1.0 if microns_per_pixel is None or working_mpp is None else microns_per_pixel / working_mpp
         if abs(scale - 1.0) < RESAMPLE_TOLERANCE:
             return predict_image(self.network, rgb, self.postprocess, self.checkpoint.mean, self.checkpoint.std, self.autocast)
         height, width = rgb.shape[:2]

@@ -81,14 +81,16 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig, anchored
     see :func:`~wsi_frgnet.engine.tiling.plan_tiles`."""
     config = config.for_device(next(model.network.parameters()).device.type)
     slide_mpp = require_microns_per_pixel(slide)
-    model_mpp = model.checkpoint.microns_per_pixel
-    if model_mpp is None:
+    if model.checkpoint.microns_per_pixel is None:
         logger.warning("the model does not record its µm/px: segmenting at the slide's own resolution")
-        model_mpp = slide_mpp
+    working_mpp = model.checkpoint.working_microns_per_pixel(slide_mpp)
+    if working_mpp != model.checkpoint.microns_per_pixel and model.checkpoint.microns_per_pixel is not None:
+        logger.info("%s: %.3g µm/px; segmenting at %.3g µm/px (the model's range: %.3g-%.3g)", slide.path, slide_mpp, working_mpp,
+                    model.checkpoint.microns_per_pixel, model.checkpoint.coarsest_microns_per_pixel)
     multiple = model.network.config.size_multiple
     if config.tile_size % multiple:
         raise InputError(f"--tile-size {config.tile_size}: this model needs a multiple of {multiple}")
-    factor = model_mpp / slide_mpp
+    factor = working_mpp / slide_mpp
     level = slide.best_level_for_downsample(factor)
     # ROIs are given in the output's frame: level-0 px minus the bounds offset when it is on.
     offset = output_offset(slide, config)
@@ -110,7 +112,7 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig, anchored
             shapely.prepare(polygon)
         tiles = tiles_in_polygons(tiles, roi_polygons)
     # Area of the work, mm²: the tissue found, else the region's tile cores.
-    area_mm2 = sum(t.core[2] * t.core[3] for t in tiles) * (model_mpp / 1000.0) ** 2
+    area_mm2 = sum(t.core[2] * t.core[3] for t in tiles) * (working_mpp / 1000.0) ** 2
     if config.tissue_mask and tiles:
         thumbnail, thumbnail_downsample = slide.thumbnail(tissue_thumbnail_size(slide.dimensions, slide_mpp, config, slide.level_dimensions))
         mask = tissue_mask(thumbnail)

@@ -77,6 +77,19 @@ class ModelCheckpoint:
     # Mean RGB (each in [0, 1]) of the tissue the model was trained on (or adapted to): what
     # ``finetune`` aligns a new lab's colours with. None for models that did not record it.
     data_mean: tuple[float, float, float] | None = None
+    # Coarsest µm/px the model was trained to work at (training with scale jitter): images and
+    # slides coarser than ``microns_per_pixel`` are processed at their own µm/px up to this one
+    # instead of being upsampled all the way. None: always at ``microns_per_pixel``.
+    coarsest_microns_per_pixel: float | None = None
+
+    def working_microns_per_pixel(self, image_microns_per_pixel: float | None) -> float | None:
+        """µm/px the network sees an image of ``image_microns_per_pixel`` at: the model's own,
+        or, for a coarser image, the image's own as far as ``coarsest_microns_per_pixel``
+        allows. None when neither the image nor the model records its µm/px."""
+        if self.microns_per_pixel is None or image_microns_per_pixel is None:
+            return self.microns_per_pixel if image_microns_per_pixel is None else image_microns_per_pixel
+        coarsest = self.coarsest_microns_per_pixel or self.microns_per_pixel
+        return max(self.microns_per_pixel, min(image_microns_per_pixel, coarsest))
 
     def build_model(self, device: torch.device | str = "cpu") -> FrgNet:
         """The network with these weights for inference: eval mode, on ``device``, channels-last
@@ -108,7 +121,8 @@ def save_checkpoint(path: Path, checkpoint: ModelCheckpoint) -> None:
         "model_config": config_to_dict(checkpoint.model_config),
         "postprocess": config_to_dict(checkpoint.postprocess),
         "input": {"microns_per_pixel": checkpoint.microns_per_pixel, "mean": list(checkpoint.mean), "std": list(checkpoint.std),
-                  "data_mean": None if checkpoint.data_mean is None else list(checkpoint.data_mean)},
+                  "data_mean": None if checkpoint.data_mean is None else list(checkpoint.data_mean),
+                  "coarsest_microns_per_pixel": checkpoint.coarsest_microns_per_pixel},
         "provenance": checkpoint.provenance,
         "state_dict": {k: v.detach().cpu() for k, v in checkpoint.state_dict.items()},
     }
@@ -163,6 +177,7 @@ def load_checkpoint(path: Path) -> ModelCheckpoint:
             std=tuple(network_input["std"]),
             provenance=payload.get("provenance", {}),
             data_mean=None if network_input.get("data_mean") is None else tuple(network_input["data_mean"]),
+            coarsest_microns_per_pixel=network_input.get("coarsest_microns_per_pixel"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{path}: damaged frgnet-wsi model file ({exc})") from exc

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from wsi_frgnet.config import ModelConfig, TargetConfig
@@ -49,7 +50,10 @@ class RandomCrops(Dataset):
     padded with white background and no labels. An image's ``unknown`` mask is cropped,
     flipped and rotated with it and passed to ``build_targets``; it combines with
     ``keep_fraction``. Images marked ``partial``, and all of them when ``keep_fraction`` < 1,
-    get the partial-annotation rule.
+    get the partial-annotation rule. ``scale_jitter`` s > 0 (with ``augment``): each crop shows
+    a window of crop / f image px resampled to the crop (image bilinear, labels and unknown mask
+    nearest), f uniform in [1 - s, 1 + s], so nuclei appear f times their size: a model for a
+    range of µm/px around the images' own.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class RandomCrops(Dataset):
         augment: bool = True,
         keep_fraction: float = 1.0,
         scanner: bool = False,
+        scale_jitter: float = 0.0,
     ) -> None:
         if crop_size % model_config.size_multiple:
             raise ValueError(f"crop size must be a multiple of {model_config.size_multiple}")
@@ -72,6 +77,7 @@ class RandomCrops(Dataset):
         self.seed = seed
         self.augment = augment
         self.scanner = scanner  # also augment with scanner_jitter (resolution loss, blur, JPEG, brightness)
+        self.scale_jitter = scale_jitter
         self.keep_fraction = keep_fraction
         self.kept_ids = [kept_instances(image.labels, keep_fraction, seed, index) for index, image in enumerate(images)]
         self.epoch = 0
@@ -89,9 +95,11 @@ class RandomCrops(Dataset):
 
     def _crop(
         self, image: LabelledArray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(rgb, labels, unknown or None) of one random crop (padding: white, no labels, known)."""
-        size = self.crop_size
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+        """(rgb, labels, unknown or None, zoom) of one random crop (padding: white, no labels,
+        known); ``zoom``: the factor the crop was resampled by (1 without scale jitter)."""
+        zoom = rng.uniform(1 - self.scale_jitter, 1 + self.scale_jitter) if self.augment and self.scale_jitter else 1.0
+        size = self.crop_size if zoom == 1.0 else max(1, round(self.crop_size / zoom))
         height, width = image.labels.shape
         pad_y, pad_x = max(0, size - height), max(0, size - width)
         rgb, labels, unknown = image.rgb, image.labels, image.unknown
@@ -103,12 +111,16 @@ class RandomCrops(Dataset):
         y = int(rng.integers(labels.shape[0] - size + 1))
         x = int(rng.integers(labels.shape[1] - size + 1))
         window = (slice(y, y + size), slice(x, x + size))
-        return rgb[window], labels[window], None if unknown is None else unknown[window]
+        rgb, labels, unknown = rgb[window], labels[window], None if unknown is None else unknown[window]
+        if size != self.crop_size:
+            rgb, labels, unknown = resize_crop(rgb, labels, unknown, self.crop_size)
+        return rgb, labels, unknown, self.crop_size / size
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, CropTargets]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         image = self.images[self.image_of_sample[index]]
-        rgb, labels, unknown = self._crop(image, rng)
+        rgb, labels, unknown, zoom = self._crop(image, rng)
+        full_areas = image.areas if zoom == 1.0 else {i: area * zoom**2 for i, area in image.areas.items()}
         if self.keep_fraction < 1.0:
             labels = np.where(np.isin(labels, self.kept_ids[self.image_of_sample[index]]), labels, 0)
         partial = self.keep_fraction < 1.0 or image.partial
@@ -118,9 +130,21 @@ class RandomCrops(Dataset):
             if self.scanner:
                 rgb = scanner_jitter(rgb, rng)
         targets = build_targets(
-            rgb, labels, self.model_config, self.target_config, full_areas=image.areas, unknown=unknown, partial=partial
+            rgb, labels, self.model_config, self.target_config, full_areas=full_areas, unknown=unknown, partial=partial
         )
         return np.ascontiguousarray(rgb), targets
+
+
+def resize_crop(
+    rgb: np.ndarray, labels: np.ndarray, unknown: np.ndarray | None, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A square crop resampled to ``size`` x ``size`` px: RGB bilinear, labels and the unknown
+    mask nearest (pixel centres map to pixel centres)."""
+    image = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((size, size), Image.Resampling.BILINEAR))
+    source = labels.shape[0]
+    nearest = np.minimum(((np.arange(size) + 0.5) * source / size).astype(np.intp), source - 1)
+    grid = np.ix_(nearest, nearest)
+    return image, labels[grid], None if unknown is None else unknown[grid]
 
 
 def kept_instances(labels: np.ndarray, fraction: float, seed: int, image_index: int) -> np.ndarray:

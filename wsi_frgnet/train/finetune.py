@@ -242,6 +242,7 @@ def finetune(run: TrainingRun, model: LoadedModel, parent: Path, sample: TileSam
         raise InputError(f"--freeze-all-but {keep}: needs annotated inputs; without annotations only the guide head can learn")
     run.targets = parent_targets(model, run.targets)
     run.data_mean = model.checkpoint.data_mean
+    run.coarsest_microns_per_pixel = model.checkpoint.coarsest_microns_per_pixel
     if input_statistics:
         run.provenance["input_statistics"] = align_input_statistics(run, model, parent, sample.tiles)
     network = copy.deepcopy(model.network)  # the caller's model stays as it is

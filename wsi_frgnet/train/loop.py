@@ -69,6 +69,7 @@ class TrainingRun:
     mean: tuple[float, float, float] = DEFAULT_MEAN  # input normalisation (fine-tuning: the parent's)
     std: tuple[float, float, float] = DEFAULT_STD
     data_mean: tuple[float, float, float] | None = None  # mean RGB of the training tissue; None: taken from the images
+    coarsest_microns_per_pixel: float | None = None  # fine-tuning: the parent's; training: from the scale jitter
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     provenance: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
@@ -143,6 +144,7 @@ def _checkpoint(run: TrainingRun, model: FrgNet, extra: dict[str, Any]) -> Model
         std=run.std,
         provenance={**run.provenance, **extra},
         data_mean=run.data_mean,
+        coarsest_microns_per_pixel=run.coarsest_microns_per_pixel,
     )
 
 
@@ -155,6 +157,9 @@ def train(run: TrainingRun, train_images: list[LabelledArray], validation_images
     run.provenance.setdefault("targets", config_to_dict(run.targets))
     if run.data_mean is None:
         run.data_mean = tissue_rgb_mean(image.rgb for image in train_images)
+    if run.training.scale_jitter and run.microns_per_pixel is not None:
+        # crops zoomed by 1 - s show the nuclei as an image at µm/px / (1 - s) would
+        run.coarsest_microns_per_pixel = round(run.microns_per_pixel / (1 - run.training.scale_jitter), 4)
     torch.manual_seed(run.training.seed)
     model = FrgNet(run.model_config)
     if run.model_config.encoder == "efficientnet-lite0":
@@ -162,6 +167,7 @@ def train(run: TrainingRun, train_images: list[LabelledArray], validation_images
     dataset = RandomCrops(
         train_images, run.training.crop_size, run.model_config, run.targets, run.training.seed,
         keep_fraction=run.training.keep_fraction, scanner=run.training.scanner_augmentation,
+        scale_jitter=run.training.scale_jitter,
     )
     return optimise(run, model, dataset, validation_images, frgnet_loss, trainable=None)
 

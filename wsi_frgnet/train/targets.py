@@ -62,7 +62,7 @@ def build_targets(
     labels: np.ndarray,
     model_config: ModelConfig,
     target_config: TargetConfig,
-    full_areas: dict[int, int] | None = None,
+    full_areas: dict[int, float] | None = None,
     unknown: np.ndarray | None = None,
     partial: bool = False,
 ) -> CropTargets:
