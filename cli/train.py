@@ -87,6 +87,9 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
 
     try:
         if architecture == "tiny":
+            if encoder != ModelConfig.encoder:
+                raise click.BadParameter(f"the tiny architecture has its own small encoder; --encoder {encoder} needs "
+                                         "--architecture default", param_hint="--encoder")
             base = ModelConfig.tiny()
         else:
             base = ModelConfig.efficientnet_lite0() if encoder == "efficientnet-lite0" else ModelConfig()

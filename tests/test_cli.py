@@ -245,6 +245,12 @@ def test_train_fourier_order_option(small_data: Path, tmp_path: Path) -> None:
     assert load_model(output).network.config.fourier_order == 4
 
 
+def test_train_tiny_architecture_refuses_another_encoder(small_data: Path, tmp_path: Path) -> None:
+    result = invoke(*train_args(small_data, tmp_path / "m.pt", 1, "--encoder", "efficientnet-lite0"))
+    assert "--architecture default" in assert_user_error(result, usage=True)
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_fresh_train_restarts_log(small_data: Path, tmp_path: Path) -> None:
     output = tmp_path / "m.pt"
     assert_ok(invoke(*train_args(small_data, output, 1)))
