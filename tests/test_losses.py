@@ -351,3 +351,41 @@ def test_frgnet_loss_total_matches_hand_computed_values():
     assert "contrastive" not in parts
     # 1 x (2 ln 2 + 2 x 0.0625 + 0.5 x 0.125 + 3 x 0.1875 + 0.1875) + 0.5 x ln 2
     assert parts["total"].item() == pytest.approx(2.5 * ln2 + 0.125 + 0.0625 + 0.5625 + 0.1875)
+
+
+def test_gilc_positions_from_the_predicted_guide():
+    config = ModelConfig.tiny()
+    torch.manual_seed(0)
+    model = FrgNet(config).train()
+    x, targets = _batch(config, [_crop(3), _crop(4)])
+    output = model(x)
+    blind = type(targets)(**{**vars(targets), "guide": torch.zeros_like(targets.guide)})  # a target guide with no nucleus
+    by_target = frgnet_loss(model, output, blind, LossConfig(), (64, 64), torch.Generator().manual_seed(0))
+    assert by_target["contrastive"].item() == 0.0  # no nucleus position by the target guide
+    with torch.no_grad():
+        model.guide_head[-1].bias.fill_(0.0)
+        model.guide_head[-1].weight.normal_(0.0, 5.0)  # a predicted guide with clear nucleus and background positions
+    output = model(x)
+    predicted = LossConfig(contrastive_positions="predicted")
+    by_prediction = frgnet_loss(model, output, blind, predicted, (64, 64), torch.Generator().manual_seed(0))
+    assert by_prediction["contrastive"].item() > 0.0
+    by_prediction["total"].backward()
+    assert model.guide_head[-1].weight.grad is not None  # the guide loss still teaches the head
+    with pytest.raises(ValueError, match="contrastive_positions"):
+        LossConfig(contrastive_positions="both")
+
+
+def test_learned_gate_starts_as_the_papers_garu_and_learns():
+    torch.manual_seed(0)
+    fixed = FrgNet(ModelConfig.tiny()).eval()
+    learned = FrgNet(ModelConfig.tiny(guide_gate="learned")).eval()
+    missing, unexpected = learned.load_state_dict(fixed.state_dict(), strict=False)
+    assert sorted(missing) == ["fine_gate.weight", "head_gate.weight"] and not unexpected
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(learned(x).score_logits, fixed(x).score_logits)
+    learned.train()
+    output = learned(x)
+    (output.score_logits.square().mean() + output.refinement.square().mean()).backward()
+    assert learned.fine_gate.weight.grad.abs().sum() > 0 and learned.head_gate.weight.grad.abs().sum() > 0
+    assert FrgNet(ModelConfig.tiny(guide="none", guide_gate="learned")).head_gate is None

@@ -112,6 +112,7 @@ def _run_identity(run: TrainingRun, trainable: list[str]) -> dict[str, Any]:
         "model_config": config_to_dict(run.model_config),
         "training": training,
         "targets": config_to_dict(run.targets),
+        "losses": config_to_dict(run.losses),
         "trainable": trainable,
         "parent_sha256": run.provenance.get("parent_sha256"),
         "normalisation": [list(run.mean), list(run.std)],
@@ -155,6 +156,7 @@ def train(run: TrainingRun, train_images: list[LabelledArray], validation_images
         logger.warning("partial labels (keep fraction %g) with the soft guide: the method teaches the hard guide "
                        "here (the default when the guide is not chosen)", run.training.keep_fraction)
     run.provenance.setdefault("targets", config_to_dict(run.targets))
+    run.provenance.setdefault("losses", config_to_dict(run.losses))
     if run.data_mean is None:
         run.data_mean = tissue_rgb_mean(image.rgb for image in train_images)
     if run.training.scale_jitter and run.microns_per_pixel is not None:
