@@ -75,8 +75,6 @@ def main() -> None:
     parser.add_argument("--guide-target", choices=["soft", "hard"],
                         help="unlabelled guide target: the normalised guide g, or g binarised at 0.5 (METHOD_NOTES.md §2); "
                              "default: the model's own guide mode")
-    parser.add_argument("--own-detections", action=argparse.BooleanOptionalAction, default=False,
-                        help="teach the guide head g plus the model's own detections, as training teaches g plus annotations")
     parser.add_argument("--keep", type=Path, help="also save the adapted model here")
     args = parser.parse_args()
 
@@ -112,12 +110,12 @@ def main() -> None:
                                     crop_size=args.tile_size, workers=0, validate_every=args.epochs),
             microns_per_pixel=mpp, mean=base.checkpoint.mean, std=base.checkpoint.std, quiet=True,
         )
-        finetune(run, base, args.model, sample, "guide", input_statistics=args.input_statistics, own_detections=args.own_detections)
+        finetune(run, base, args.model, sample, "guide", input_statistics=args.input_statistics)
         minutes = (time.monotonic() - started) / 60
         adapted = load_model(output)
         rows += [("adapted", "original", evaluate_folder(adapted.segment, original, quiet=True).mean),
                  ("adapted", args.shift, evaluate_folder(adapted.segment, shifted, quiet=True).mean)]
-    print(f"{len(items)} images, shift {args.shift}; fine-tuning (input statistics {'on' if args.input_statistics else 'off'}, guide head{' on g + own detections' if args.own_detections else ''}, {len(sample.tiles)} unlabelled tiles, "
+    print(f"{len(items)} images, shift {args.shift}; fine-tuning (input statistics {'on' if args.input_statistics else 'off'}, guide head, {len(sample.tiles)} unlabelled tiles, "
           f"{args.epochs} epochs): "
           f"{minutes:.1f} min")
     print("| model | images | PQ | AJI | DQ | SQ |")

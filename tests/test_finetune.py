@@ -169,23 +169,3 @@ def test_finetuning_keeps_the_parents_resolution_range(tmp_path, overfitted_mode
     result = CliRunner().invoke(main, ["finetune", "--model", str(ranged), str(other_lab_slide), "-o", str(tmp_path / "t.pt"), *FAST])
     assert result.exit_code == 0, result.output + result.stderr
     assert load_checkpoint(tmp_path / "t.pt").coarsest_microns_per_pixel == 0.4
-
-
-def test_own_detections_label_unlabelled_tiles_for_the_guide_target(overfitted_model):
-    from wsi_frgnet.config import ModelConfig, TargetConfig
-    from wsi_frgnet.train.crops import LabelledArray
-    from wsi_frgnet.train.finetune import label_with_own_detections
-    from wsi_frgnet.train.targets import build_targets
-
-    run, image, _ = overfitted_model
-    model = load_model(run.output)
-    bare = LabelledArray("tile", image.rgb, np.zeros_like(image.labels))
-    (labelled,) = label_with_own_detections(model, model.checkpoint.mean, [bare])
-    assert np.array_equal(labelled.labels, model.predict(image.rgb).label_map())
-    assert labelled.labels.max() >= 0.8 * image.labels.max()  # the overfitted model finds its nuclei
-    config = ModelConfig.tiny()
-    plain = build_targets(bare.rgb, bare.labels, config, TargetConfig()).guide
-    taught = build_targets(labelled.rgb, labelled.labels, config, TargetConfig()).guide
-    inside = labelled.labels.reshape(128, 2, 128, 2).min(axis=(1, 3)) > 0  # stride-2 cells inside a detection
-    assert inside.any() and (taught >= plain).all()
-    assert np.allclose(taught[inside], 1.0) and plain[inside].mean() < 0.9  # clip(g + M, 0, 1) rather than g

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from wsi_frgnet.config import FREEZE_CHOICES, SegmentConfig, TargetConfig, config_from_dict
-from wsi_frgnet.engine.inference import LoadedModel, predict_image
+from wsi_frgnet.engine.inference import LoadedModel
 from wsi_frgnet.engine.planning import plan_slide, read_tile
 from wsi_frgnet.engine.tissue import tissue_rgb_mean
 from wsi_frgnet.errors import InputError
@@ -225,19 +225,8 @@ def align_input_statistics(run: TrainingRun, model: LoadedModel, parent: Path, t
     return {"parent_data_mean": list(parent_mean), "data_mean": list(tiles_mean), "normalisation_mean": list(run.mean)}
 
 
-def label_with_own_detections(model: LoadedModel, mean: tuple[float, float, float], tiles: list[LabelledArray]) -> list[LabelledArray]:
-    """Unlabelled tiles labelled with the model's own detections (its thresholds, input
-    normalisation ``mean``), so that the guide head is taught clip(g + M, 0, 1), M the detected
-    nuclei, as training teaches it with annotations (METHOD_NOTES §6), rather than g alone."""
-    labelled = []
-    for tile in tiles:
-        prediction = predict_image(model.network, tile.rgb, model.postprocess, mean, model.checkpoint.std, model.autocast)
-        labelled.append(LabelledArray(tile.name, tile.rgb, prediction.label_map()))
-    return labelled
-
-
 def finetune(run: TrainingRun, model: LoadedModel, parent: Path, sample: TileSample, keep: str,
-             input_statistics: bool = False, own_detections: bool = False) -> dict[str, Any]:
+             input_statistics: bool = False) -> dict[str, Any]:
     """Fine-tune ``model`` on ``sample``, training only what ``keep`` names (frozen modules keep
     their BatchNorm statistics); writes ``run.output`` with its parent's hash, what was frozen
     and the data it saw in its provenance.
@@ -248,8 +237,7 @@ def finetune(run: TrainingRun, model: LoadedModel, parent: Path, sample: TileSam
     training targets. Annotated tiles are augmented as in ``train``; unlabelled ones are not,
     so that the guide head learns the new lab's own stain and scanner. ``input_statistics``:
     first align the input normalisation with the tiles' colours (:func:`align_input_statistics`);
-    the training then sees the aligned input. ``own_detections`` (unlabelled tiles only): the
-    guide target adds the model's own detections (:func:`label_with_own_detections`).
+    the training then sees the aligned input.
     """
     if keep != "guide" and not sample.annotated:
         raise InputError(f"--freeze-all-but {keep}: needs annotated inputs; without annotations only the guide head can learn")
@@ -258,13 +246,9 @@ def finetune(run: TrainingRun, model: LoadedModel, parent: Path, sample: TileSam
     run.coarsest_microns_per_pixel = model.checkpoint.coarsest_microns_per_pixel
     if input_statistics:
         run.provenance["input_statistics"] = align_input_statistics(run, model, parent, sample.tiles)
-    tiles = sample.tiles
-    if own_detections and not sample.annotated:
-        tiles = label_with_own_detections(model, run.mean, tiles)
-        run.provenance["guide_target"] = "fourier guide + own detections"
     network = copy.deepcopy(model.network)  # the caller's model stays as it is
     modules = trainable_modules(network, keep)
-    dataset = RandomCrops(tiles, run.training.crop_size, run.model_config, run.targets, run.training.seed,
+    dataset = RandomCrops(sample.tiles, run.training.crop_size, run.model_config, run.targets, run.training.seed,
                           augment=sample.annotated)
     run.provenance.update(
         parent_model=parent.name,
