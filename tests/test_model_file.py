@@ -119,3 +119,13 @@ def test_the_shipped_model_records_its_training_colours():
 def test_working_resolution(model_mpp, coarsest, image_mpp, working):
     checkpoint = ModelCheckpoint(ModelConfig.tiny(), {}, model_mpp, coarsest_microns_per_pixel=coarsest)
     assert checkpoint.working_microns_per_pixel(image_mpp) == working
+
+
+def test_the_shipped_model_reads_20x_slides_at_its_coarsest_trained_resolution():
+    from wsi_frgnet.engine.inference import default_model_path
+
+    shipped = load_checkpoint(default_model_path())
+    assert shipped.coarsest_microns_per_pixel is not None
+    assert shipped.microns_per_pixel < shipped.coarsest_microns_per_pixel < 0.5
+    assert shipped.working_microns_per_pixel(0.5) == shipped.coarsest_microns_per_pixel  # a 20x slide
+    assert shipped.working_microns_per_pixel(0.25) == shipped.microns_per_pixel  # a 40x slide
