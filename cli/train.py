@@ -18,13 +18,10 @@ from wsi_frgnet.cli.common import (
 )
 
 from wsi_frgnet.config import (
-    CONTRASTIVE_POSITIONS,
     ENCODERS,
-    GUIDE_GATES,
     GUIDE_SOURCES,
     GUIDE_MODES,
     PARTIAL_RULES,
-    LossConfig,
     ModelConfig,
     TargetConfig,
     TrainingConfig,
@@ -67,11 +64,6 @@ _DEFAULTS = TrainingConfig()
 @click.option("--scale-jitter", type=click.FloatRange(0.0, 0.75, max_open=True), default=_DEFAULTS.scale_jitter, show_default=True,
               help="Resample each crop by a random factor in [1 - S, 1 + S], so the model works across that range of µm/px "
                    "(0.3: from the data's µm/px to about 1.4 times it, e.g. 20x slides at 0.35 µm/px).")
-@click.option("--guide-gate", type=click.Choice(GUIDE_GATES), default=ModelConfig.guide_gate, show_default=True,
-              help="GARU: fixed (the paper's, F + F*G) or learned (F + g*F*G, one learned g per feature channel, starting at 1).")
-@click.option("--contrastive-positions", type=click.Choice(CONTRASTIVE_POSITIONS), default=LossConfig.contrastive_positions,
-              show_default=True, help="Guide that labels the GILC nucleus and background positions: target (the paper's) or the "
-                                      "network's predicted guide.")
 @click.option("--contrastive/--no-contrastive", default=ModelConfig.contrastive, show_default=True, help="Guide-based instance-level contrastive loss (GILC).")
 @precision_option(_DEFAULTS.precision, "auto: bf16 on GPUs and CPUs that compute it natively, else fp32 (fp16 runs with loss scaling).")
 @click.option("--mixed-precision/--no-mixed-precision", default=None, hidden=True, help="Old name: --no-mixed-precision is --precision fp32.")
@@ -82,7 +74,7 @@ _DEFAULTS = TrainingConfig()
 @handles_user_errors
 def train(data_dir: Path, output: Path, validation: Path | None, validation_fraction: float | None, epochs: int, batch_size: int,
           learning_rate: float, warmup_epochs: float, crop_size: int, mpp: float | None, seed: int, validate_every: int,
-          workers: int, architecture: str, encoder: str, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide_source: str, guide: str | None, scanner_augmentation: bool, scale_jitter: float, guide_gate: str, contrastive_positions: str, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
+          workers: int, architecture: str, encoder: str, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide_source: str, guide: str | None, scanner_augmentation: bool, scale_jitter: float, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
           device: str, quiet: bool) -> None:
     """Train an FrGNet on DATA_DIR (images/ and labels/ with the same file stems).
 
@@ -105,7 +97,7 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
             guide = default_guide_mode(keep_fraction)
         if mixed_precision is False:
             precision = "fp32"
-        model_config = ModelConfig(**{**vars(base), "guide": guide, "contrastive": contrastive, "guide_gate": guide_gate,
+        model_config = ModelConfig(**{**vars(base), "guide": guide, "contrastive": contrastive,
                                       "fourier_order": fourier_order or base.fourier_order})
         training = TrainingConfig(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup_epochs=warmup_epochs,
@@ -117,8 +109,7 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
         raise click.BadParameter(str(exc)) from exc
     refuse_to_replace(output, overwrite, resume)
     run = TrainingRun(
-        output=output, model_config=model_config, training=training, targets=TargetConfig(partial_rule=partial_rule, guide_source=guide_source),
-        losses=LossConfig(contrastive_positions=contrastive_positions), microns_per_pixel=mpp,
+        output=output, model_config=model_config, training=training, targets=TargetConfig(partial_rule=partial_rule, guide_source=guide_source), microns_per_pixel=mpp,
         device=resolve_device(device), resume=resume, quiet=quiet,
         provenance={"command": " ".join(["frgnet-wsi", *sys.argv[1:]])},
     )

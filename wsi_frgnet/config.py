@@ -12,8 +12,6 @@ GuideMode = Literal["soft", "hard", "none"]
 GUIDE_MODES: tuple[str, ...] = ("soft", "hard", "none")
 PARTIAL_RULES: tuple[str, ...] = ("haematoxylin", "guide")
 GUIDE_SOURCES: tuple[str, ...] = ("luminance", "haematoxylin")  # the image plane the Fourier guide is a high-pass of
-GUIDE_GATES: tuple[str, ...] = ("fixed", "learned")  # GARU: F + F ⊙ G, or F + γ ⊙ F ⊙ G with a learned γ per channel
-CONTRASTIVE_POSITIONS: tuple[str, ...] = ("target", "predicted")  # which guide labels the GILC positions
 # What ``finetune --freeze-all-but`` may leave trainable (see wsi_frgnet.train.finetune.trainable_modules).
 FREEZE_CHOICES: tuple[str, ...] = ("guide", "heads", "decoder", "none")
 
@@ -50,11 +48,8 @@ class ModelConfig:
     contrastive: bool = True
     projection_dim: int = 128
     encoder: str = "resnet"
-    guide_gate: str = "fixed"  # GUIDE_GATES; the paper's is fixed
 
     def __post_init__(self) -> None:
-        if self.guide_gate not in GUIDE_GATES:
-            raise ValueError(f"guide_gate must be one of {GUIDE_GATES}, not {self.guide_gate!r}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, not {self.encoder!r}")
         if self.encoder == "efficientnet-lite0" and tuple(self.encoder_widths) != EFFICIENTNET_LITE0_WIDTHS:
@@ -153,11 +148,6 @@ class LossConfig:
     guide_high: float = 0.7
     guide_low: float = 0.3
     max_proposals: int = 1024  # proposals per batch that enter the contour losses
-    contrastive_positions: str = "target"  # CONTRASTIVE_POSITIONS: GILC positions by the target guide (the paper's) or the predicted one
-
-    def __post_init__(self) -> None:
-        if self.contrastive_positions not in CONTRASTIVE_POSITIONS:
-            raise ValueError(f"contrastive_positions must be one of {CONTRASTIVE_POSITIONS}, not {self.contrastive_positions!r}")
 
 
 @dataclass(frozen=True)

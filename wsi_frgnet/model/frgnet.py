@@ -26,20 +26,11 @@ def _head(in_channels: int, width: int, out_channels: int) -> nn.Sequential:
     )
 
 
-def guide_modulate(features: torch.Tensor, guide: torch.Tensor, gate: "ChannelGate | None" = None) -> torch.Tensor:
-    """GARU: F' = F + F ⊙ G (the paper's), or F + γ ⊙ F ⊙ G with a learned per-channel ``gate``
-    γ; the guide (B, 1, h, w) in [0, 1] is resized to the features."""
+def guide_modulate(features: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    """GARU: F' = F + F ⊙ G, with the guide (B, 1, h, w) in [0, 1] resized to the features."""
     if guide.shape[-2:] != features.shape[-2:]:
         guide = F.interpolate(guide, size=features.shape[-2:], mode="bilinear", align_corners=False)
-    return features * (1.0 + (guide if gate is None else gate.weight.view(1, -1, 1, 1) * guide))
-
-
-class ChannelGate(nn.Module):
-    """γ of a learned GARU gate: one weight per feature channel, starting at 1 (the paper's GARU)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
+    return features * (1.0 + guide)
 
 
 @dataclass
@@ -86,9 +77,6 @@ class FrgNet(nn.Module):
         self.fourier_head = _head(head_in, width, 4 * config.fourier_order)
         self.refinement_head = _head(fine_in, width, 2 * config.refinement_buckets)
         self.guide_head = _head(fine_in, width, 1) if config.uses_guide else None
-        learned = config.uses_guide and config.guide_gate == "learned"
-        self.fine_gate = ChannelGate(fine_in) if learned else None
-        self.head_gate = ChannelGate(head_in) if learned else None
         self.projector = (
             nn.Sequential(
                 nn.Linear(head_in, head_in, bias=False),
@@ -116,8 +104,8 @@ class FrgNet(nn.Module):
         if self.guide_head is not None:
             guide_logits = self.guide_head(fine)
             guide = torch.sigmoid(guide_logits)
-            fine = guide_modulate(fine, guide, self.fine_gate)
-            head_features = guide_modulate(head_features, guide, self.head_gate)
+            fine = guide_modulate(fine, guide)
+            head_features = guide_modulate(head_features, guide)
         batch, _, height, width = head_features.shape
         fourier = self.fourier_head(head_features) * self.FOURIER_SCALE
         return NetworkOutput(

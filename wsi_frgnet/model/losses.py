@@ -186,9 +186,7 @@ def frgnet_loss(
         parts["guide"] = guide_loss(output, targets.guide)
         total = total + loss_config.guide * parts["guide"]
     if config.contrastive:
-        if loss_config.contrastive_positions == "predicted" and output.guide_logits is not None:
-            head_guide = F.avg_pool2d(torch.sigmoid(output.guide_logits.detach().float()), 2)[:, 0]
-        elif targets.guide is not None:
+        if targets.guide is not None:
             head_guide = F.avg_pool2d(targets.guide[:, None], 2)[:, 0]
         else:
             head_guide = (targets.score > 0.5).float()  # no guide: nucleus cores label positions

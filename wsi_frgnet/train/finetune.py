@@ -64,8 +64,7 @@ FROZEN = {
 def trainable_modules(model: FrgNet, keep: str) -> list[nn.Module]:
     """Modules left trainable by ``--freeze-all-but keep``: the guide head; all heads (and
     the contrastive projector); the decoder and all heads; or everything (``none``)."""
-    heads = [model.score_head, model.location_head, model.fourier_head, model.refinement_head, model.guide_head, model.projector,
-             model.fine_gate, model.head_gate]
+    heads = [model.score_head, model.location_head, model.fourier_head, model.refinement_head, model.guide_head, model.projector]
     chosen = {
         "guide": [model.guide_head],
         "heads": heads,
