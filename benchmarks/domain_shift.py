@@ -28,7 +28,7 @@ from scipy import ndimage
 from wsi_frgnet.config import TrainingConfig
 from wsi_frgnet.engine.inference import load_model
 from wsi_frgnet.eval.evaluation import evaluate_folder
-from wsi_frgnet.io.data_folder import list_labelled_images, load_pair, read_name_list
+from wsi_frgnet.io.data_folder import list_labelled_images, load_pair, named_items
 from wsi_frgnet.io.images import write_label_map, write_png
 from wsi_frgnet.train.augment import (
     adjust_stains,
@@ -80,8 +80,7 @@ def main() -> None:
 
     items = list_labelled_images(args.data_dir)
     if args.names:
-        names = set(read_name_list(args.names))
-        items = [item for item in items if item.name in names]
+        items = named_items(items, args.names)
     base = load_model(args.model)
     mpp = base.checkpoint.microns_per_pixel
     with tempfile.TemporaryDirectory() as folder:

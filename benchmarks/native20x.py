@@ -23,16 +23,17 @@ from PIL import Image
 from wsi_frgnet.engine.inference import load_model
 from wsi_frgnet.eval.metrics import score_instances
 from wsi_frgnet.geometry.raster import polygons_to_label_map
-from wsi_frgnet.io.data_folder import list_labelled_images, load_pair, read_name_list
+from wsi_frgnet.io.data_folder import list_labelled_images, load_pair, named_items
 from wsi_frgnet.train.augment import jpeg_round_trip
 
+DOWNSAMPLE = 2  # 0.25 µm/px labels → a 20x scan
 SCAN_MICRONS_PER_PIXEL = 0.5
 
 
 def native20x(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 at 0.25 µm/px → (H/2, W/2, 3) at 0.5 µm/px, bilinear, JPEG quality 70."""
     height, width = rgb.shape[:2]
-    half = Image.fromarray(rgb).resize((round(width / 2), round(height / 2)), Image.Resampling.BILINEAR)
+    half = Image.fromarray(rgb).resize((round(width / DOWNSAMPLE), round(height / DOWNSAMPLE)), Image.Resampling.BILINEAR)
     return jpeg_round_trip(np.asarray(half), 70)
 
 
@@ -47,10 +48,8 @@ def main() -> None:
 
     items = list_labelled_images(args.data_dir)
     if args.names:
-        wanted = set(read_name_list(args.names))
-        items = [item for item in items if item.name in wanted]
+        items = named_items(items, args.names)
     images = [(native20x(rgb), labels) for rgb, labels in (load_pair(item) for item in items)]
-    scale = SCAN_MICRONS_PER_PIXEL / 0.25
     for path in args.model:
         model = load_model(path, precision=args.precision)
         choices = args.working_mpp or [model.checkpoint.working_microns_per_pixel(SCAN_MICRONS_PER_PIXEL)]
@@ -61,7 +60,7 @@ def main() -> None:
             scores = []
             for rgb, labels in images:
                 nuclei = pinned.predict(rgb, SCAN_MICRONS_PER_PIXEL).nuclei
-                scores.append(score_instances(labels, polygons_to_label_map([n.polygon * scale for n in nuclei], labels.shape)))
+                scores.append(score_instances(labels, polygons_to_label_map([n.polygon * DOWNSAMPLE for n in nuclei], labels.shape)))
             print(f"{path.name}: {len(images)} native 20x images at {working:.3g} µm/px: "
                   f"PQ {np.mean([s.pq for s in scores]):.3f} AJI {np.mean([s.aji for s in scores]):.3f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)

@@ -22,7 +22,7 @@ from wsi_frgnet.engine.decode import decode_nuclei
 from wsi_frgnet.engine.inference import images_to_tensor, load_model, pad_with_glass
 from wsi_frgnet.eval.metrics import mean_scores, score_instances
 from wsi_frgnet.geometry.raster import polygons_to_label_map
-from wsi_frgnet.io.data_folder import list_labelled_images, load_pair, read_name_list
+from wsi_frgnet.io.data_folder import list_labelled_images, load_pair, named_items
 from wsi_frgnet.model.model_file import file_sha256, load_checkpoint, save_checkpoint
 
 
@@ -43,8 +43,7 @@ def main() -> None:
     model = load_model(args.model)
     items = list_labelled_images(args.data_dir)
     if args.names:
-        names = set(read_name_list(args.names))
-        items = [item for item in items if item.name in names]
+        items = named_items(items, args.names)
     cached = []
     for item in items:
         rgb, truth = load_pair(item)

@@ -423,6 +423,16 @@ def read_name_list(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
+def named_items(items: list[LabelledImage], names_file: Path) -> list[LabelledImage]:
+    """The items whose names ``names_file`` lists (:func:`read_name_list`), in ``items``' order;
+    InputError naming the listed names that are not among them."""
+    names = set(read_name_list(names_file))
+    missing = sorted(names - {item.name for item in items})
+    if missing:
+        raise InputError(f"{names_file}: names not found among the images: {', '.join(missing[:5])}")
+    return [item for item in items if item.name in names]
+
+
 def split_validation(
     items: list[LabelledImage],
     validation: Path | None,
@@ -440,13 +450,8 @@ def split_validation(
     if validation is not None:
         validation = Path(validation)
         if validation.is_file():
-            names = read_name_list(validation)
-            known = {item.name for item in items}
-            missing = sorted(set(names) - known)
-            if missing:
-                raise InputError(f"{validation}: names not found among the training images: {', '.join(missing[:5])}")
-            held = [item for item in items if item.name in names]
-            rest = [item for item in items if item.name not in names]
+            held = named_items(items, validation)
+            rest = [item for item in items if item not in held]
         else:
             held, rest = list_labelled_images(validation), items
         if not rest:
