@@ -97,7 +97,7 @@ def _model_only(args: argparse.Namespace, slide: Path, queue) -> None:
     model = load_model(args.model, device)
     config = SegmentConfig(tile_size=args.tile_size, context=args.context, batch_size=args.batch_size, precision=args.precision)
     with open_slide(slide) as opened:
-        plan = plan_slide(opened, model, config)
+        plan = plan_slide(opened, model, config, trim=False)  # whole tiles only: the network's speed per tile
         tiles = np.stack([read_tile(plan, tile) for tile in plan.tiles[: args.model_tiles]])
     dtype = autocast_dtype(args.precision, device)
     checkpoint = model.checkpoint

@@ -72,6 +72,17 @@ def test_small_tiles_and_one_big_tile_give_the_same_nuclei(tmp_path, model, slid
     assert agreement.pq >= 0.97, agreement
 
 
+def test_edge_tiles_read_less_and_batch_with_whole_ones(tmp_path, model, slide_image):
+    # 370 x 490 px: the last row and column of 64 px cores are cut, so their tiles read less
+    # than 128 px and share batches of 3 with whole tiles.
+    rgb = np.ascontiguousarray(slide_image[0][:370, :490])
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", rgb, mpp=0.25, levels=1)
+    segment_slide(slide, model, SMALL_TILES, tmp_path / "tiled.geojson", quiet=True)
+    whole = model.predict(rgb).label_map()
+    agreement = score_instances(whole, _label_map(tmp_path / "tiled.geojson", rgb.shape[:2]))
+    assert agreement.dq >= 0.99 and agreement.pq >= 0.97, agreement
+
+
 def test_network_streams_do_not_change_the_output(tmp_path, model, slide_image, monkeypatch):
     # Batches run on several CPU streams come back in tile order: the file is byte-identical.
     rgb, _ = slide_image

@@ -77,6 +77,29 @@ def test_a_place_is_read_by_the_same_window_whatever_the_region(region):
             assert holder.read == tile.read
 
 
+@pytest.mark.parametrize("region", REGIONS)
+def test_trimmed_reads_keep_the_cores_and_their_context(region):
+    tile_size, context, multiple = 512, 64, 32
+    whole = plan_tiles(region, tile_size, context)
+    trimmed = plan_tiles(region, tile_size, context, trim_to=multiple)
+    assert [t.core for t in trimmed] == [t.core for t in whole]
+    for tile, untrimmed in zip(trimmed, whole):
+        x, y, width, height = tile.read
+        assert (x, y) == untrimmed.read[:2] and width <= tile_size and height <= tile_size
+        assert width % multiple == 0 and height % multiple == 0
+        assert x + width - (tile.core[0] + tile.core[2]) >= context and y + height - (tile.core[1] + tile.core[3]) >= context
+        if (width, height) != (tile_size, tile_size):  # only where the region's edge cuts the core
+            assert tile.core[0] + tile.core[2] == region[0] + region[2] or tile.core[1] + tile.core[3] == region[1] + region[3]
+
+
+def test_trimming_saves_the_pixels_past_the_region():
+    whole = plan_tiles((0, 0, 1000, 800), 512, 64)
+    trimmed = plan_tiles((0, 0, 1000, 800), 512, 64, trim_to=32)
+    assert trimmed[2].read == (704, -64, 384, 512)  # core 768-1000: 360 px from 704 to 1064, rounded up
+    assert trimmed[-1].read == (704, 704, 384, 160)  # core rows 768-800: 160 px from 704 to 864
+    assert sum(t.read[2] * t.read[3] for t in trimmed) < 0.8 * sum(t.read[2] * t.read[3] for t in whole)
+
+
 def test_unanchored_grid_starts_at_the_region_corner():
     (tile,) = plan_tiles((5, 7, 10, 3), 128, 16, anchored=False)
     assert tile.core == (5, 7, 10, 3) and tile.read == (-11, -9, 128, 128)

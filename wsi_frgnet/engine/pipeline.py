@@ -168,7 +168,7 @@ def iterate_nuclei(
     emitted = oversized = 0
 
     def run_network(tiles: list[Tile], reads: list[Future]) -> Future:
-        pixels = np.stack([read.result() for read in reads])
+        pixels = _stack_padded([read.result() for read in reads])
         tensor = images_to_tensor(pixels, checkpoint.mean, checkpoint.std, device)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             output = network(tensor)
@@ -336,3 +336,15 @@ def run_report_path(output: Path) -> Path:
 def qc_picture_path(output: Path) -> Path:
     """``nuclei.geojson`` → ``nuclei.qc.png`` beside it."""
     return output.with_name(_stem(output) + ".qc.png")
+
+
+def _stack_padded(images: list[np.ndarray]) -> np.ndarray:
+    """(h, w, 3) uint8 tiles as one (B, H, W, 3) batch, each padded white at its right and
+    bottom to the largest height and width (trimmed edge tiles batched with whole ones)."""
+    height, width = max(image.shape[0] for image in images), max(image.shape[1] for image in images)
+    if all(image.shape[:2] == (height, width) for image in images):
+        return np.stack(images)
+    batch = np.full((len(images), height, width, 3), 255, np.uint8)
+    for slot, image in zip(batch, images):
+        slot[: image.shape[0], : image.shape[1]] = image
+    return batch

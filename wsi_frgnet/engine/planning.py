@@ -75,10 +75,11 @@ def tissue_thumbnail_size(
     return max(level_sides, default=size)
 
 
-def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig, anchored: bool = True) -> SlidePlan:
+def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig, anchored: bool = True, trim: bool = True) -> SlidePlan:
     """Tiles (in working px) covering the slide's tissue, ROI or bounds (the tile layout left
     open in ``config`` is the model's device's, :meth:`SegmentConfig.for_device`); ``anchored``:
-    see :func:`~wsi_frgnet.engine.tiling.plan_tiles`."""
+    see :func:`~wsi_frgnet.engine.tiling.plan_tiles`; ``trim``: tiles the region's right or
+    bottom edge cuts read only what their core needs (False: every read is ``tile_size`` square)."""
     config = config.for_device(next(model.network.parameters()).device.type)
     slide_mpp = require_microns_per_pixel(slide)
     if model.checkpoint.microns_per_pixel is None:
@@ -103,7 +104,7 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig, anchored
             raise InputError(f"--roi {' '.join(map(str, config.roi))}: lies outside the slide {slide.path}")
     else:
         region_level0 = slide.bounds
-    tiles = plan_tiles(region_to_working(region_level0, factor), config.tile_size, config.context, anchored)
+    tiles = plan_tiles(region_to_working(region_level0, factor), config.tile_size, config.context, anchored, multiple if trim else None)
     roi_polygons = []
     if config.roi_geojson is not None:
         polygons = region_mask_from_geojson(config.roi_geojson, offset=offset)

@@ -7,9 +7,11 @@ per working px); x right, y down, pixel (row r, column c) covers [c, c+1) x [r, 
 
 Each :class:`Tile` has
 
-- a *read* rectangle, always ``tile_size`` x ``tile_size`` (constant shape: good for batching):
-  what the network sees. It is the core grown by ``context`` on every side and may reach outside
-  the region or the slide; the reader pads (white) where there are no pixels;
+- a *read* rectangle, ``tile_size`` x ``tile_size``: what the network sees. It is the core's
+  grid cell grown by ``context`` on every side and may reach outside the region or the slide;
+  the reader pads (white) where there are no pixels. Where the region ends inside a grid cell,
+  the read rectangle may instead end ``context`` px after the core, rounded up to a multiple
+  of the network's size multiple (``trim_to``): no network work on pixels no core needs;
 - a *core* rectangle: the cores of all tiles partition the region exactly. Cores are cells of a
   grid anchored at the slide's origin (cut at the region's edges), not at the region's corner:
   the network's output at a place depends on where that place falls in its input (a shift by
@@ -44,8 +46,9 @@ class Tile:
     """One network tile, in working px.
 
     index: position in the plan (raster order, before any filtering).
-    read: (x, y, width, height) the network reads: the core grown by the context on every side,
-    always ``tile_size`` square; may extend beyond the region (the reader pads).
+    read: (x, y, width, height) the network reads: the core's grid cell grown by the context on
+    every side, ``tile_size`` square or trimmed at the region's right and bottom edges; may
+    extend beyond the region (the reader pads).
     core: (x, y, width, height) this tile is responsible for; cores partition the region.
     """
 
@@ -59,7 +62,7 @@ class Tile:
         return self.core[0] - self.read[0]
 
 
-def plan_tiles(region: Rect, tile_size: int, context: int, anchored: bool = True) -> list[Tile]:
+def plan_tiles(region: Rect, tile_size: int, context: int, anchored: bool = True, trim_to: int | None = None) -> list[Tile]:
     """Tiles covering ``region`` (x, y, width, height in working px), in raster order (rows top
     to bottom, left to right within a row).
 
@@ -68,7 +71,9 @@ def plan_tiles(region: Rect, tile_size: int, context: int, anchored: bool = True
     grown by ``context``. So a place of the slide is always read by the same window, whatever
     the region (an ROI, the tissue's bounds), and gets the same outlines. ``anchored`` False: the
     grid starts at the region's corner instead (fewer tiles where only the tiles' pixels matter,
-    as for training samples). Raises ValueError when
+    as for training samples). ``trim_to`` (the network's size multiple): read rectangles whose
+    core the region's right or bottom edge cuts end ``context`` px after the core, rounded up
+    to a multiple of it, instead of a whole tile after their start. Raises ValueError when
     ``tile_size <= 2 * context``, for a negative context or an empty region.
     """
     x, y, width, height = (int(v) for v in region)
@@ -87,14 +92,23 @@ def plan_tiles(region: Rect, tile_size: int, context: int, anchored: bool = True
         for grid_x in range(start_x, x + width, core_size):
             core_x = max(grid_x, x)
             core_width = min(grid_x + core_size, x + width) - core_x
+            read_x, read_y = grid_x - context, grid_y - context
+            read_width = read_height = tile_size
+            if trim_to:
+                read_width = min(tile_size, _round_up(core_x + core_width + context - read_x, trim_to))
+                read_height = min(tile_size, _round_up(core_y + core_height + context - read_y, trim_to))
             tiles.append(
                 Tile(
                     index=len(tiles),
-                    read=(grid_x - context, grid_y - context, tile_size, tile_size),
+                    read=(read_x, read_y, read_width, read_height),
                     core=(core_x, core_y, core_width, core_height),
                 )
             )
     return tiles
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def region_to_working(region_level0: tuple[float, float, float, float], factor: float) -> Rect:
