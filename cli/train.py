@@ -64,6 +64,9 @@ _DEFAULTS = TrainingConfig()
 @click.option("--scale-jitter", type=click.FloatRange(0.0, 0.75, max_open=True), default=_DEFAULTS.scale_jitter, show_default=True,
               help="Resample each crop by a random factor in [1 - S, 1 + S], so the model works across that range of µm/px "
                    "(0.3: from the data's µm/px to about 1.4 times it, e.g. 20x slides at 0.35 µm/px).")
+@click.option("--fibre-augmentation/--no-fibre-augmentation", default=_DEFAULTS.fibre_augmentation, show_default=True,
+              help="Draw thin dark fibres (like keratin flakes and collagen edges) over the background of half the crops, "
+                   "taught as background.")
 @click.option("--contrastive/--no-contrastive", default=ModelConfig.contrastive, show_default=True, help="Guide-based instance-level contrastive loss (GILC).")
 @precision_option(_DEFAULTS.precision, "auto: bf16 on GPUs and CPUs that compute it natively, else fp32 (fp16 runs with loss scaling).")
 @click.option("--mixed-precision/--no-mixed-precision", default=None, hidden=True, help="Old name: --no-mixed-precision is --precision fp32.")
@@ -74,7 +77,7 @@ _DEFAULTS = TrainingConfig()
 @handles_user_errors
 def train(data_dir: Path, output: Path, validation: Path | None, validation_fraction: float | None, epochs: int, batch_size: int,
           learning_rate: float, warmup_epochs: float, crop_size: int, mpp: float | None, seed: int, validate_every: int,
-          workers: int, architecture: str, encoder: str, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide_source: str, guide: str | None, scanner_augmentation: bool, scale_jitter: float, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
+          workers: int, architecture: str, encoder: str, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide_source: str, guide: str | None, scanner_augmentation: bool, scale_jitter: float, fibre_augmentation: bool, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
           device: str, quiet: bool) -> None:
     """Train an FrGNet on DATA_DIR (images/ and labels/ with the same file stems).
 
@@ -103,7 +106,7 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup_epochs=warmup_epochs,
             crop_size=crop_size, seed=seed, validate_every=validate_every, workers=workers,
             precision=precision, keep_fraction=keep_fraction, scanner_augmentation=scanner_augmentation,
-            scale_jitter=scale_jitter,
+            scale_jitter=scale_jitter, fibre_augmentation=fibre_augmentation,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from conftest import tiny_training_run as _run
 
 from wsi_frgnet.config import ModelConfig, PostprocessConfig, TargetConfig
@@ -161,6 +162,30 @@ def test_scanner_augmentation_changes_pixels_not_outlines():
     (image_a, a), (image_b, b) = plain[0], scanned[0]
     assert not np.array_equal(image_a, image_b)
     assert np.array_equal(a.score, b.score) and np.array_equal(a.contours, b.contours)
+
+
+def test_fibre_artefacts_darken_background_only_and_keep_targets():
+    from wsi_frgnet.train.augment import fibre_artefacts
+
+    rgb, labels = synthetic_nuclei(128, 128, seed=7)
+    drawn = [fibre_artefacts(rgb, labels, np.random.default_rng(seed)) for seed in range(6)]
+    near_nuclei = ndimage.binary_dilation(labels > 0, iterations=2)
+    for image in drawn:
+        assert image.shape == rgb.shape and image.dtype == np.uint8
+        assert np.array_equal(image[near_nuclei], rgb[near_nuclei])  # nuclei untouched
+        assert np.all(image.astype(int) <= rgb.astype(int) + 1)  # fibres only add stain
+    changed = [(image.astype(int).sum(axis=2) < rgb.astype(int).sum(axis=2) - 150) for image in drawn]
+    assert sum(mask.any() for mask in changed) >= 5  # dark strokes in (almost) every draw
+    config = ModelConfig.tiny()
+    plain = RandomCrops([LabelledArray("a", rgb, labels)], 128, config, TargetConfig(), seed=3)
+    fibred = RandomCrops([LabelledArray("a", rgb, labels)], 128, config, TargetConfig(), seed=3, fibres=True)
+    differs = 0
+    for epoch in range(6):  # one crop per epoch
+        plain.set_epoch(epoch), fibred.set_epoch(epoch)
+        (image_a, a), (image_b, b) = plain[0], fibred[0]
+        differs += not np.array_equal(image_a, image_b)
+        assert np.array_equal(a.score, b.score) and np.array_equal(a.contours, b.contours) and np.array_equal(a.centres, b.centres)
+    assert differs >= 2
 
 
 def test_resize_crop_keeps_labels_on_their_pixels():

@@ -201,6 +201,7 @@ class TrainingConfig:
     keep_fraction: float = 1.0  # share of each image's nuclei kept as annotations (weak supervision)
     scanner_augmentation: bool = False  # also train on scanner-like degradations (train.augment.scanner_jitter)
     scale_jitter: float = 0.0  # resample each crop by a factor in [1 - s, 1 + s] (train.crops.RandomCrops)
+    fibre_augmentation: bool = False  # draw dark fibres over half the crops' background (train.augment.fibre_artefacts)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.validate_every < 1:

@@ -1,6 +1,7 @@
 """H&E augmentation: dihedral transforms of image + labels, stain / colour jitter of the image,
-and what scanners do to it (resolution loss, blur, JPEG, brightness and contrast). The same
-transforms make the shift benchmarks (benchmarks/domain_shift.py)."""
+what scanners do to it (resolution loss, blur, JPEG, brightness and contrast), and synthetic
+dark fibres over the background. The stain and scanner transforms also make the shift
+benchmarks (benchmarks/domain_shift.py)."""
 
 from __future__ import annotations
 
@@ -95,3 +96,38 @@ def scanner_jitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out = (rgb.astype(np.float32) - mean) * rng.uniform(0.9, 1.1) + mean * rng.uniform(0.9, 1.1)
         rgb = np.clip(np.round(out), 0, 255).astype(np.uint8)
     return rgb
+
+
+def fibre_artefacts(rgb: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``rgb`` (H, W, 3) uint8 with 1-4 thin dark fibres drawn over it, away from the nuclei of
+    ``labels`` (H, W): the keratin flakes and collagen edges a model must not outline. Labels
+    stay as they are, so the fibres are taught as background.
+
+    Each fibre is a quadratic Bézier curve 40-300 px long and 1.5-6 px wide (at 0.25 µm/px:
+    10-75 µm by 0.4-1.5 µm), added in optical-density space as haematoxylin (1-3) plus eosin
+    (0.2-1), so it is as dark as the densest chromatin. Nucleus pixels and a 2 px ring around
+    them keep their values.
+    """
+    height, width = labels.shape
+    added = np.zeros((height, width, 3), np.float32)  # optical density the fibres add
+    for _ in range(int(rng.integers(1, 5))):
+        start = rng.uniform((0, 0), (width, height))
+        length = rng.uniform(40, 300)
+        angle = rng.uniform(0, 2 * np.pi)
+        direction = np.array([np.cos(angle), np.sin(angle)])
+        end = start + length * direction
+        bend = (start + end) / 2 + rng.uniform(-0.4, 0.4) * length * np.array([-direction[1], direction[0]])
+        t = np.linspace(0.0, 1.0, max(2, int(2 * length)))[:, None]
+        points = np.round((1 - t) ** 2 * start + 2 * t * (1 - t) * bend + t**2 * end).astype(np.intp)
+        points = points[(points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)]
+        if not len(points):
+            continue
+        off_curve = np.ones((height, width), bool)
+        off_curve[points[:, 1], points[:, 0]] = False
+        distance = ndimage.distance_transform_edt(off_curve)
+        coverage = np.clip(rng.uniform(0.75, 3.0) + 0.5 - distance, 0.0, 1.0).astype(np.float32)
+        density = rng.uniform(1.0, 3.0) * _STAIN_VECTORS[0] + rng.uniform(0.2, 1.0) * _STAIN_VECTORS[1]
+        added = np.maximum(added, coverage[..., None] * density.astype(np.float32))
+    added[ndimage.binary_dilation(labels > 0, iterations=2)] = 0.0
+    density = -np.log((rgb.astype(np.float32) + 1.0) / 256.0) + added
+    return np.clip(np.round(256.0 * np.exp(-density) - 1.0), 0, 255).astype(np.uint8)

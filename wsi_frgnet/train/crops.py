@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from wsi_frgnet.config import ModelConfig, TargetConfig
 from wsi_frgnet.model.losses import BatchTargets
-from wsi_frgnet.train.augment import dihedral, scanner_jitter, stain_jitter
+from wsi_frgnet.train.augment import dihedral, fibre_artefacts, scanner_jitter, stain_jitter
 from wsi_frgnet.train.targets import CropTargets, build_targets
 
 
@@ -53,7 +53,8 @@ class RandomCrops(Dataset):
     get the partial-annotation rule. ``scale_jitter`` s > 0 (with ``augment``): each crop shows
     a window of crop / f image px resampled to the crop (image bilinear, labels and unknown mask
     nearest), f uniform in [1 - s, 1 + s], so nuclei appear f times their size: a model for a
-    range of µm/px around the images' own.
+    range of µm/px around the images' own. ``fibres`` (with ``augment``): half the crops get
+    synthetic dark fibres over their background (``augment.fibre_artefacts``).
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class RandomCrops(Dataset):
         keep_fraction: float = 1.0,
         scanner: bool = False,
         scale_jitter: float = 0.0,
+        fibres: bool = False,
     ) -> None:
         if crop_size % model_config.size_multiple:
             raise ValueError(f"crop size must be a multiple of {model_config.size_multiple}")
@@ -78,6 +80,7 @@ class RandomCrops(Dataset):
         self.augment = augment
         self.scanner = scanner  # also augment with scanner_jitter (resolution loss, blur, JPEG, brightness)
         self.scale_jitter = scale_jitter
+        self.fibres = fibres  # draw fibre_artefacts over half the crops
         self.keep_fraction = keep_fraction
         self.kept_ids = [kept_instances(image.labels, keep_fraction, seed, index) for index, image in enumerate(images)]
         self.epoch = 0
@@ -121,6 +124,10 @@ class RandomCrops(Dataset):
         image = self.images[self.image_of_sample[index]]
         rgb, labels, unknown, zoom = self._crop(image, rng)
         full_areas = image.areas if zoom == 1.0 else {i: area * zoom**2 for i, area in image.areas.items()}
+        if self.augment and self.fibres:
+            fibre_rng = np.random.default_rng([self.seed, self.epoch, index, 2])  # the other draws stay as without fibres
+            if fibre_rng.random() < 0.5:
+                rgb = fibre_artefacts(rgb, labels, fibre_rng)  # every nucleus still labelled: fibres keep off them all
         if self.keep_fraction < 1.0:
             labels = np.where(np.isin(labels, self.kept_ids[self.image_of_sample[index]]), labels, 0)
         partial = self.keep_fraction < 1.0 or image.partial

@@ -169,7 +169,7 @@ def train(run: TrainingRun, train_images: list[LabelledArray], validation_images
     dataset = RandomCrops(
         train_images, run.training.crop_size, run.model_config, run.targets, run.training.seed,
         keep_fraction=run.training.keep_fraction, scanner=run.training.scanner_augmentation,
-        scale_jitter=run.training.scale_jitter,
+        scale_jitter=run.training.scale_jitter, fibres=run.training.fibre_augmentation,
     )
     return optimise(run, model, dataset, validation_images, frgnet_loss, trainable=None)
 
