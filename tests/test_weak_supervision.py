@@ -98,3 +98,21 @@ def test_partial_rule_on_real_he_does_not_teach_unlabelled_nuclei_as_background(
     assert np.mean(taught) <= taught_at_most and np.mean(ignored) <= ignored_at_most, (taught, ignored)
     if rule == "guide":
         assert np.mean(taught) > 0.5  # what docs/RESULTS.md measures against its accuracy
+
+
+def test_models_trained_on_partial_labels_are_saved_without_the_guide_filter(tmp_path):
+    from conftest import tiny_training_run
+
+    from wsi_frgnet.model.model_file import load_checkpoint
+    from wsi_frgnet.train.loop import train
+
+    rgb, labels = synthetic_nuclei(128, 128, seed=5)
+    images = [LabelledArray("a", rgb, labels)]
+    for keep_fraction, expected in ((0.5, 0.0), (1.0, 0.5)):
+        run = tiny_training_run(tmp_path / f"keep{keep_fraction}.pt", 1, keep_fraction=keep_fraction)
+        assert run.postprocess.guide_threshold == 0.5
+        train(run, images, [])
+        assert load_checkpoint(run.output).postprocess.guide_threshold == expected
+    partial = tiny_training_run(tmp_path / "partial.pt", 1)
+    train(partial, [LabelledArray("a", rgb, labels, partial=True)], [])
+    assert load_checkpoint(partial.output).postprocess.guide_threshold == 0.0

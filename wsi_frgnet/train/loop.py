@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,13 @@ def train(run: TrainingRun, train_images: list[LabelledArray], validation_images
     if run.model_config.guide == "soft" and default_guide_mode(run.training.keep_fraction) == "hard":
         logger.warning("partial labels (keep fraction %g) with the soft guide: the method teaches the hard guide "
                        "here (the default when the guide is not chosen)", run.training.keep_fraction)
+    if run.model_config.uses_guide and run.postprocess.guide_threshold > 0 and (
+        run.training.keep_fraction < 1.0 or any(image.partial for image in train_images)
+    ):
+        # Partial labels teach the guide head bright only over the labelled nuclei: on the others it
+        # stays low and the guide filter would drop them (docs/RESULTS.md, partial annotations).
+        logger.info("partial labels: the model is saved with the guide filter off (guide threshold 0)")
+        run.postprocess = replace(run.postprocess, guide_threshold=0.0)
     run.provenance.setdefault("targets", config_to_dict(run.targets))
     run.provenance.setdefault("losses", config_to_dict(run.losses))
     if run.data_mean is None:
