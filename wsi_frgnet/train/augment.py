@@ -103,8 +103,8 @@ def fibre_artefacts(rgb: np.ndarray, labels: np.ndarray, rng: np.random.Generato
     ``labels`` (H, W): the keratin flakes and collagen edges a model must not outline. Labels
     stay as they are, so the fibres are taught as background.
 
-    Each fibre is a quadratic Bézier curve 40-300 px long and 1.5-6 px wide (at 0.25 µm/px:
-    10-75 µm by 0.4-1.5 µm), added in optical-density space as haematoxylin (1-3) plus eosin
+    Each fibre is a quadratic Bézier curve 80-400 px long and 1.5-12 px wide (at 0.25 µm/px:
+    20-100 µm by 0.4-3 µm, longer than any nucleus), added in optical-density space as haematoxylin (1-3) plus eosin
     (0.2-1), so it is as dark as the densest chromatin. Nucleus pixels and a 2 px ring around
     them keep their values.
     """
@@ -112,7 +112,7 @@ def fibre_artefacts(rgb: np.ndarray, labels: np.ndarray, rng: np.random.Generato
     added = np.zeros((height, width, 3), np.float32)  # optical density the fibres add
     for _ in range(int(rng.integers(1, 5))):
         start = rng.uniform((0, 0), (width, height))
-        length = rng.uniform(40, 300)
+        length = rng.uniform(80, 400)
         angle = rng.uniform(0, 2 * np.pi)
         direction = np.array([np.cos(angle), np.sin(angle)])
         end = start + length * direction
@@ -125,7 +125,7 @@ def fibre_artefacts(rgb: np.ndarray, labels: np.ndarray, rng: np.random.Generato
         off_curve = np.ones((height, width), bool)
         off_curve[points[:, 1], points[:, 0]] = False
         distance = ndimage.distance_transform_edt(off_curve)
-        coverage = np.clip(rng.uniform(0.75, 3.0) + 0.5 - distance, 0.0, 1.0).astype(np.float32)
+        coverage = np.clip(rng.uniform(0.75, 6.0) + 0.5 - distance, 0.0, 1.0).astype(np.float32)
         density = rng.uniform(1.0, 3.0) * _STAIN_VECTORS[0] + rng.uniform(0.2, 1.0) * _STAIN_VECTORS[1]
         added = np.maximum(added, coverage[..., None] * density.astype(np.float32))
     added[ndimage.binary_dilation(labels > 0, iterations=2)] = 0.0
