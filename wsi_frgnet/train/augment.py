@@ -39,13 +39,22 @@ def dihedral(
     return tuple(transform(array) for array in (rgb, labels, *masks))
 
 
+def _optical_density(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 RGB → float32 optical density per channel (natural log, +1 so 0 stays finite)."""
+    return -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+
+
+def _rgb_of_density(density: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_optical_density`: float RGB, not rounded or clipped."""
+    return 256.0 * np.exp(-density) - 1.0
+
+
 def adjust_stains(rgb: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """Change the amounts of haematoxylin, eosin and the residual stain in optical-density
     space: each concentration c becomes c * scale + shift (arrays of 3). Returns float32 RGB."""
-    density = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
-    stains = density @ _TO_STAINS.astype(np.float32)
+    stains = _optical_density(rgb) @ _TO_STAINS.astype(np.float32)
     density = (stains * np.asarray(scale, np.float32) + np.asarray(shift, np.float32)) @ _STAIN_VECTORS.astype(np.float32)
-    return 256.0 * np.exp(-density) - 1.0
+    return _rgb_of_density(density)
 
 
 def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float = 0.05, brightness: float = 0.08) -> np.ndarray:
@@ -129,5 +138,4 @@ def fibre_artefacts(rgb: np.ndarray, labels: np.ndarray, rng: np.random.Generato
         density = rng.uniform(1.0, 3.0) * _STAIN_VECTORS[0] + rng.uniform(0.2, 1.0) * _STAIN_VECTORS[1]
         added = np.maximum(added, coverage[..., None] * density.astype(np.float32))
     added[ndimage.binary_dilation(labels > 0, iterations=2)] = 0.0
-    density = -np.log((rgb.astype(np.float32) + 1.0) / 256.0) + added
-    return np.clip(np.round(256.0 * np.exp(-density) - 1.0), 0, 255).astype(np.uint8)
+    return np.clip(np.round(_rgb_of_density(_optical_density(rgb) + added)), 0, 255).astype(np.uint8)
