@@ -75,13 +75,16 @@ def main() -> None:
     parser.add_argument("--guide-target", choices=["soft", "hard"],
                         help="unlabelled guide target: the normalised guide g, or g binarised at 0.5 (METHOD_NOTES.md §2); "
                              "default: the model's own guide mode")
+    parser.add_argument("--colour-alignment", action=argparse.BooleanOptionalAction, default=True,
+                        help="score every model with each image's colours aligned with its training data's (the default of "
+                             "segment, predict and evaluate)")
     parser.add_argument("--keep", type=Path, help="also save the adapted model here")
     args = parser.parse_args()
 
     items = list_labelled_images(args.data_dir)
     if args.names:
         items = named_items(items, args.names)
-    base = load_model(args.model)
+    base = load_model(args.model, colour_alignment=args.colour_alignment)
     mpp = base.checkpoint.microns_per_pixel
     with tempfile.TemporaryDirectory() as folder:
         shifted = Path(folder) / "shifted"
@@ -111,10 +114,10 @@ def main() -> None:
         )
         finetune(run, base, args.model, sample, "guide", input_statistics=args.input_statistics)
         minutes = (time.monotonic() - started) / 60
-        adapted = load_model(output)
+        adapted = load_model(output, colour_alignment=args.colour_alignment)
         rows += [("adapted", "original", evaluate_folder(adapted.segment, original, quiet=True).mean),
                  ("adapted", args.shift, evaluate_folder(adapted.segment, shifted, quiet=True).mean)]
-    print(f"{len(items)} images, shift {args.shift}; fine-tuning (input statistics {'on' if args.input_statistics else 'off'}, guide head, {len(sample.tiles)} unlabelled tiles, "
+    print(f"{len(items)} images, shift {args.shift}, colour alignment {'on' if args.colour_alignment else 'off'}; fine-tuning (input statistics {'on' if args.input_statistics else 'off'}, guide head, {len(sample.tiles)} unlabelled tiles, "
           f"{args.epochs} epochs): "
           f"{minutes:.1f} min")
     print("| model | images | PQ | AJI | DQ | SQ |")

@@ -38,16 +38,18 @@ def main() -> None:
     parser.add_argument("--guide-filter", type=float, help="store this guide threshold instead of the best one")
     parser.add_argument("--half", action="store_true", help="store weights as float16 (half the file; loaded as float32)")
     parser.add_argument("--weights-from", type=Path, help="with --write: take the weights from this model (same architecture)")
+    parser.add_argument("--colour-alignment", action=argparse.BooleanOptionalAction, default=True,
+                        help="align each image's colours with the training data's, as segment and evaluate do by default")
     args = parser.parse_args()
 
-    model = load_model(args.model)
+    model = load_model(args.model, colour_alignment=args.colour_alignment)
     items = list_labelled_images(args.data_dir)
     if args.names:
         items = named_items(items, args.names)
     cached = []
     for item in items:
         rgb, truth = load_pair(item)
-        tensor = images_to_tensor(pad_with_glass(rgb, model.network.config.size_multiple)[None], model.checkpoint.mean,
+        tensor = images_to_tensor(pad_with_glass(rgb, model.network.config.size_multiple)[None], model.normalisation_mean(rgb),
                                   model.checkpoint.std, "cpu")
         with torch.no_grad():
             cached.append((model.network(tensor), truth))

@@ -78,6 +78,11 @@ def threshold_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+colour_alignment_option = click.option(
+    "--colour-alignment/--no-colour-alignment", default=True, show_default=True,
+    help="Shift the network's input normalisation so that each slide's (or image's) mean tissue colour meets that of the "
+         "model's training data: a lab's stain and scanner colours are read as the training data's were.",
+)
 model_option = click.option(
     "--model", "-m", "model_path", type=click.Path(path_type=Path), default=None,
     help="Model file (.pt) written by frgnet-wsi train or finetune [default: the model shipped with frgnet-wsi].",

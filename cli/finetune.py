@@ -58,8 +58,10 @@ def finetune(inputs: tuple[Path, ...], model_path: Path | None, output: Path, ke
     Without annotations the model's input normalisation is first shifted so that the inputs'
     mean tissue colour meets that of its training data (--no-input-statistics: not), then only
     the Fourier guide head trains, on the inputs' own Fourier guide (the method's unlabelled
-    setting). On a stain-shifted copy of 14 validation images the first step recovers most of
-    the accuracy lost, the second nothing measurable (docs/RESULTS.md).
+    setting). segment, predict and evaluate already align every slide's colours on their own
+    (--colour-alignment, on by default), which recovered as much on our shift benchmarks as
+    the first step and gives the same normalisation; the second step changed nothing
+    measurable there (docs/RESULTS.md).
 
     Annotations: NAME.geojson (or NAME.geojson.gz) beside NAME.svs, NAME.png, ..., a QuPath
     export in QuPath's coordinates; or the labels/ of a training-data folder. With them,

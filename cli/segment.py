@@ -11,6 +11,7 @@ import click
 logger = logging.getLogger(__name__)
 
 from wsi_frgnet.cli.common import (
+    colour_alignment_option,
     configure_logging,
     device_option,
     handles_user_errors,
@@ -75,6 +76,7 @@ def _layouts(field: int) -> str:
               help="Only this rectangle: level-0 px in the output's frame (QuPath's: relative to the slide bounds unless --no-bounds-offset).")
 @click.option("--roi-geojson", type=click.Path(path_type=Path), default=SegmentConfig.roi_geojson, help="Only inside these QuPath annotations (exported GeoJSON).")
 @click.option("--tissue-mask/--no-tissue-mask", default=SegmentConfig.tissue_mask, show_default=True, help="Skip glass, found on a low-resolution thumbnail.")
+@colour_alignment_option
 @click.option("--tile-size", type=int, default=None,
               help=f"Network tile side, px at the model's resolution [default: {_layouts(0)}].")
 @click.option("--context", "--overlap", "context", type=int, default=None,
@@ -107,7 +109,7 @@ def _layouts(field: int) -> str:
 @quiet_option
 @handles_user_errors
 def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp: float | None, roi: tuple[int, int, int, int] | None,
-            roi_geojson: Path | None, tissue_mask: bool, tile_size: int, context: int, batch_size: int, precision: str, threads: int,
+            roi_geojson: Path | None, tissue_mask: bool, colour_alignment: bool, tile_size: int, context: int, batch_size: int, precision: str, threads: int,
             bounds_offset: bool, cell_expansion: float, cell_constrain_scale: float, measure: bool, table: Path | None, qc: bool, gzip: bool,
             ray: str | None, ray_cpus: int, overwrite: bool, score_threshold: float | None, nms_threshold: float | None, guide_threshold: float | None, device: str,
             quiet: bool) -> None:
@@ -134,6 +136,7 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
 
     try:
         config = SegmentConfig(tile_size=tile_size, context=context, batch_size=batch_size, tissue_mask=tissue_mask, roi=roi,
+                               colour_alignment=colour_alignment,
                                roi_geojson=roi_geojson, subtract_bounds=bounds_offset, reader_threads=threads, precision=precision,
                                cell_expansion=cell_expansion, cell_constrain_scale=cell_constrain_scale, measure=measure)
         for device_type in TILE_LAYOUTS:  # a layout left open is completed on the device that runs it

@@ -67,6 +67,9 @@ _DEFAULTS = TrainingConfig()
 @click.option("--fibre-augmentation/--no-fibre-augmentation", default=_DEFAULTS.fibre_augmentation, show_default=True,
               help="Draw thin dark fibres (like keratin flakes and collagen edges) over the background of half the crops, "
                    "taught as background.")
+@click.option("--weight-average", type=click.FloatRange(0.0, 1.0, max_open=True), default=_DEFAULTS.weight_average, show_default=True,
+              help="Validate and save an exponential moving average of the weights with this decay per step "
+                   "(e.g. 0.999; 0: the trained weights themselves).")
 @click.option("--contrastive/--no-contrastive", default=ModelConfig.contrastive, show_default=True, help="Guide-based instance-level contrastive loss (GILC).")
 @precision_option(_DEFAULTS.precision, "auto: bf16 on GPUs and CPUs that compute it natively, else fp32 (fp16 runs with loss scaling).")
 @click.option("--mixed-precision/--no-mixed-precision", default=None, hidden=True, help="Old name: --no-mixed-precision is --precision fp32.")
@@ -77,7 +80,7 @@ _DEFAULTS = TrainingConfig()
 @handles_user_errors
 def train(data_dir: Path, output: Path, validation: Path | None, validation_fraction: float | None, epochs: int, batch_size: int,
           learning_rate: float, warmup_epochs: float, crop_size: int, mpp: float | None, seed: int, validate_every: int,
-          workers: int, architecture: str, encoder: str, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide_source: str, guide: str | None, scanner_augmentation: bool, scale_jitter: float, fibre_augmentation: bool, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
+          workers: int, architecture: str, encoder: str, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide_source: str, guide: str | None, scanner_augmentation: bool, scale_jitter: float, fibre_augmentation: bool, weight_average: float, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
           device: str, quiet: bool) -> None:
     """Train an FrGNet on DATA_DIR (images/ and labels/ with the same file stems).
 
@@ -106,7 +109,7 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup_epochs=warmup_epochs,
             crop_size=crop_size, seed=seed, validate_every=validate_every, workers=workers,
             precision=precision, keep_fraction=keep_fraction, scanner_augmentation=scanner_augmentation,
-            scale_jitter=scale_jitter, fibre_augmentation=fibre_augmentation,
+            scale_jitter=scale_jitter, fibre_augmentation=fibre_augmentation, weight_average=weight_average,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc

@@ -63,30 +63,37 @@ def test_training_log_has_one_row_per_epoch(overfitted_model):
     assert "val_pq" in rows[-1]
 
 
-def test_resume_continues_where_it_stopped(tmp_path, monkeypatch):
+@pytest.mark.parametrize("weight_average", [0.0, 0.9])
+def test_resume_continues_where_it_stopped(tmp_path, monkeypatch, weight_average):
     rgb, labels = synthetic_nuclei(128, 128, seed=3)
     image = LabelledArray("a", rgb, labels)
-    straight = _run(tmp_path / "straight.pt", epochs=4, validate_every=1)
+
+    def run(name):
+        configured = _run(tmp_path / name, epochs=4, validate_every=1)
+        configured.training = type(configured.training)(**{**vars(configured.training), "weight_average": weight_average})
+        return configured
+
+    straight = run("straight.pt")
     train(straight, [image], [])
 
     original_save_state = training_module._save_state
 
-    def interrupt_after_second_epoch(run, model, optimizer, generator, epoch, step, best, identity):
-        original_save_state(run, model, optimizer, generator, epoch, step, best, identity)
-        if epoch == 2:
+    def interrupt_after_second_epoch(*args):
+        original_save_state(*args)
+        if args[5] == 2:  # epochs done
             raise KeyboardInterrupt
 
     monkeypatch.setattr(training_module, "_save_state", interrupt_after_second_epoch)
-    interrupted = _run(tmp_path / "split.pt", epochs=4, validate_every=1)
+    interrupted = run("split.pt")
     with pytest.raises(KeyboardInterrupt):
         train(interrupted, [image], [])
     monkeypatch.undo()
-    resumed = _run(tmp_path / "split.pt", epochs=4, validate_every=1)
+    resumed = run("split.pt")
     resumed.resume = True
     train(resumed, [image], [])
     rows = [json.loads(line) for line in resumed.log_path.read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
-    # Same seed, same data: the resumed run ends with the same weights as the straight one.
+    # Same seed, same data: the resumed run ends with the same weights (and average) as the straight one.
     a = load_checkpoint(straight.output).state_dict
     b = load_checkpoint(resumed.output).state_dict
     for name in a:
@@ -227,3 +234,17 @@ def test_training_with_scale_jitter_records_the_coarsest_working_resolution(tmp_
     plain = _run(tmp_path / "p.pt", epochs=1)
     train(plain, [LabelledArray("a", rgb, labels)], [])
     assert load_checkpoint(plain.output).coarsest_microns_per_pixel is None
+
+
+def test_weight_average_is_what_is_saved(tmp_path):
+    rgb, labels = synthetic_nuclei(128, 128, seed=2)
+    run = _run(tmp_path / "model.pt", epochs=2)
+    run.training = type(run.training)(**{**vars(run.training), "weight_average": 0.5})
+    trained = FrgNet(run.model_config)
+    dataset = RandomCrops([LabelledArray("one", rgb, labels)], 128, run.model_config, run.targets, seed=0)
+    optimise(run, trained, dataset, [], frgnet_loss, trainable=None)
+    saved = load_checkpoint(run.output).state_dict
+    weights = {name: value for name, value in trained.state_dict().items() if value.is_floating_point()}
+    assert set(saved) == set(trained.state_dict())
+    assert any(not torch.equal(saved[name], value) for name, value in weights.items())  # the average, not the last step
+    assert load_model(run.output).segment(rgb).shape == labels.shape

@@ -202,6 +202,7 @@ class TrainingConfig:
     scanner_augmentation: bool = False  # also train on scanner-like degradations (train.augment.scanner_jitter)
     scale_jitter: float = 0.0  # resample each crop by a factor in [1 - s, 1 + s] (train.crops.RandomCrops)
     fibre_augmentation: bool = False  # draw dark fibres over half the crops' background (train.augment.fibre_artefacts)
+    weight_average: float = 0.0  # decay of an exponential moving average of the weights, validated and saved (0: off)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.validate_every < 1:
@@ -210,6 +211,8 @@ class TrainingConfig:
             raise ValueError("learning_rate must be a positive number")
         if not 0.0 <= self.scale_jitter < 0.75:
             raise ValueError(f"scale_jitter must be in [0, 0.75), not {self.scale_jitter}")
+        if not 0.0 <= self.weight_average < 1.0:
+            raise ValueError(f"weight_average must be in [0, 1), not {self.weight_average}")
         if not 0.0 < self.keep_fraction <= 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1], not {self.keep_fraction}")
         if self.workers < 0 or self.seed < 0:
@@ -240,6 +243,7 @@ class SegmentConfig:
     context: int | None = None  # overlap on every side; nuclei larger than this are warned about
     batch_size: int | None = None
     tissue_mask: bool = True
+    colour_alignment: bool = True  # align the slide's mean tissue colour with the model's training data (engine.colour)
     roi: tuple[int, int, int, int] | None = None  # (x, y, width, height) in level-0 px
     roi_geojson: Path | None = None  # QuPath annotations (level-0 px) restricting the work
     subtract_bounds: bool = True  # coordinates relative to OpenSlide's bounds (as QuPath shows them)

@@ -15,6 +15,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from wsi_frgnet.config import PostprocessConfig
+from wsi_frgnet.engine.colour import align_colours
 from wsi_frgnet.engine.decode import decode_nuclei
 from wsi_frgnet.engine.devices import autocast_dtype
 from wsi_frgnet.errors import InputError
@@ -93,6 +94,14 @@ class LoadedModel:
     postprocess: PostprocessConfig
     path: Path | None = None  # the model file it was loaded from
     autocast: torch.dtype | None = None  # inference precision of ``predict`` (None: fp32)
+    colour_alignment: bool = True  # align each image's colours with the training data's (engine.colour)
+
+    def normalisation_mean(self, rgb: np.ndarray) -> tuple[float, ...]:
+        """The input normalisation mean for an (H, W, 3) uint8 image: the model's own, or with
+        ``colour_alignment`` the one that aligns the image's mean tissue colour with the model's
+        training data (:mod:`~wsi_frgnet.engine.colour`; models that do not record it: their own)."""
+        alignment = align_colours(self.checkpoint.mean, self.checkpoint.data_mean, [rgb]) if self.colour_alignment else None
+        return self.checkpoint.mean if alignment is None else alignment.normalisation_mean
 
     def predict(self, rgb: np.ndarray, microns_per_pixel: float | None = None) -> ImagePrediction:
         """Nuclei of an (H, W, 3) uint8 image, in its own px. ``microns_per_pixel`` (the image's):
@@ -100,14 +109,15 @@ class LoadedModel:
         (``ModelCheckpoint.working_microns_per_pixel``, bilinear) and the nuclei and guide are
         brought back to the image's px, unless the two differ by less than ``RESAMPLE_TOLERANCE``;
         None, or a model that records no µm/px: the image is taken as it is."""
+        mean = self.normalisation_mean(rgb)
         working_mpp = self.checkpoint.working_microns_per_pixel(microns_per_pixel)
         scale = 1.0 if microns_per_pixel is None or working_mpp is None else microns_per_pixel / working_mpp
         if abs(scale - 1.0) < RESAMPLE_TOLERANCE:
-            return predict_image(self.network, rgb, self.postprocess, self.checkpoint.mean, self.checkpoint.std, self.autocast)
+            return predict_image(self.network, rgb, self.postprocess, mean, self.checkpoint.std, self.autocast)
         height, width = rgb.shape[:2]
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         resampled = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
-        prediction = predict_image(self.network, resampled, self.postprocess, self.checkpoint.mean, self.checkpoint.std, self.autocast)
+        prediction = predict_image(self.network, resampled, self.postprocess, mean, self.checkpoint.std, self.autocast)
         factors = np.array([width / size[0], height / size[1]])
         nuclei = [replace(nucleus, polygon=nucleus.polygon * factors) for nucleus in prediction.nuclei]
         guide = None
@@ -127,10 +137,12 @@ def load_model(
     nms_threshold: float | None = None,
     guide_threshold: float | None = None,
     precision: str = "fp32",
+    colour_alignment: bool = True,
 ) -> LoadedModel:
     """Load a model file for inference (None: the model shipped with the package,
     :func:`default_model_path`); thresholds left as None keep the checkpoint's values;
-    ``precision`` is that of ``LoadedModel.predict`` (``engine.devices.autocast_dtype``)."""
+    ``precision`` is that of ``LoadedModel.predict`` (``engine.devices.autocast_dtype``);
+    ``colour_alignment``: that of ``LoadedModel.predict`` (``LoadedModel.normalisation_mean``)."""
     path = default_model_path() if path is None else Path(path)
     checkpoint = load_checkpoint(path)
     overrides = {
@@ -144,7 +156,7 @@ def load_model(
     }
     network = checkpoint.build_model(device)
     dtype = autocast_dtype(precision, next(network.parameters()).device)
-    return LoadedModel(network, checkpoint, replace(checkpoint.postprocess, **overrides), path, dtype)
+    return LoadedModel(network, checkpoint, replace(checkpoint.postprocess, **overrides), path, dtype, colour_alignment)
 
 
 def default_model_path() -> Path:

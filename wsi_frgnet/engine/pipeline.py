@@ -169,7 +169,7 @@ def iterate_nuclei(
 
     def run_network(tiles: list[Tile], reads: list[Future]) -> Future:
         pixels = _stack_padded([read.result() for read in reads])
-        tensor = images_to_tensor(pixels, checkpoint.mean, checkpoint.std, device)
+        tensor = images_to_tensor(pixels, plan.input_mean, checkpoint.std, device)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             output = network(tensor)
         if post is not None:

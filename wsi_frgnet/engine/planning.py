@@ -18,6 +18,7 @@ from PIL import Image
 from shapely import affinity
 
 from wsi_frgnet.config import SegmentConfig
+from wsi_frgnet.engine.colour import ColourAlignment, align_colours
 from wsi_frgnet.engine.inference import LoadedModel
 from wsi_frgnet.engine.tiling import Tile, plan_tiles, region_to_working
 from wsi_frgnet.engine.tissue import (
@@ -40,11 +41,13 @@ class SlidePlan:
     factor: float  # level-0 px per working px
     level: int  # pyramid level read
     tiles: list[Tile]
+    input_mean: tuple[float, ...]  # the network input's normalisation mean (RGB in [0, 1])
     roi_polygons: list = field(default_factory=list)  # shapely polygons in working px
     area_mm2: float = 0.0  # tissue (or region) area the tiles cover
     thumbnail: np.ndarray | None = None  # the tissue mask's thumbnail (RGB), when one was made
     thumbnail_downsample: float = 1.0  # level-0 px per thumbnail px
     tissue: np.ndarray | None = None  # the tissue mask (thumbnail px), when one was made
+    colour: ColourAlignment | None = None  # how input_mean was aligned with the slide's colours, when it was
 
 
 def _clip(rect: tuple[float, float, float, float], bounds: tuple[int, int, int, int]) -> tuple[float, float, float, float] | None:
@@ -114,15 +117,22 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig, anchored
         tiles = tiles_in_polygons(tiles, roi_polygons)
     # Area of the work, mm²: the tissue found, else the region's tile cores.
     area_mm2 = sum(t.core[2] * t.core[3] for t in tiles) * (working_mpp / 1000.0) ** 2
-    if config.tissue_mask and tiles:
+    thumbnail = None
+    if (config.tissue_mask or config.colour_alignment) and tiles:
         thumbnail, thumbnail_downsample = slide.thumbnail(tissue_thumbnail_size(slide.dimensions, slide_mpp, config, slide.level_dimensions))
+    # The whole slide's colours, whatever the region: an ROI is read as in a whole-slide run.
+    colour = align_colours(model.checkpoint.mean, model.checkpoint.data_mean, [thumbnail]) if config.colour_alignment and thumbnail is not None else None
+    if config.tissue_mask and thumbnail is not None:
         mask = tissue_mask(thumbnail)
         tiles = tiles_with_tissue(tiles, mask, thumbnail_downsample / factor)
         area_mm2 = min(area_mm2, float(mask.sum()) * (thumbnail_downsample * slide_mpp / 1000.0) ** 2)
     if not tiles:
         area_mm2 = 0.0  # the mask's tissue lies outside the region, if anywhere
         logger.warning("%s: no tissue found in the region; nothing to segment (--no-tissue-mask processes everything)", slide.path)
-    plan = SlidePlan(slide, factor, level, tiles, roi_polygons, area_mm2)
+    input_mean = model.checkpoint.mean if colour is None else colour.normalisation_mean
+    plan = SlidePlan(slide, factor, level, tiles, input_mean, roi_polygons, area_mm2, colour=colour)
+    if colour is not None:
+        logger.debug("%s: mean tissue RGB %s against the model's %s", slide.path, colour.tissue_mean, colour.data_mean)
     if config.tissue_mask and plan.tiles:
         plan.thumbnail, plan.thumbnail_downsample, plan.tissue = thumbnail, thumbnail_downsample, mask
     return plan

@@ -53,6 +53,7 @@ def write_run_report(
             "thresholds": asdict(model.postprocess),
             "device": str(next(model.network.parameters()).device),
         },
+        "colour_alignment": None if plan.colour is None else plan.colour.as_dict(),
         "working_px_per_level0_px": 1.0 / plan.factor,
         "working_microns_per_pixel": plan.factor * slide_mpp if slide_mpp else None,
         "options": {key: str(value) if isinstance(value, Path) else value for key, value in config_to_dict(config).items()},

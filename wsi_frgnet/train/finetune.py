@@ -169,7 +169,7 @@ def sample_tiles(
         with open_slide(entry.path, mpp) as slide:
             # Annotations say where to look: no tissue mask for annotated inputs.
             # Tiles from the region's corner: training needs their pixels, not outlines that match a slide run's.
-            plan = plan_slide(slide, model, SegmentConfig(tile_size=tile_size, context=0, tissue_mask=not entry.annotated), anchored=False, trim=False)
+            plan = plan_slide(slide, model, SegmentConfig(tile_size=tile_size, context=0, tissue_mask=not entry.annotated, colour_alignment=False), anchored=False, trim=False)
             labels = _annotations(entry, slide, plan.factor) if entry.annotated else None
             candidates = plan.tiles if labels is None else labels.candidate_tiles(plan.tiles)
             chosen = [candidates[i] for i in sorted(rng.permutation(len(candidates))[:tiles_per_slide])]

@@ -51,6 +51,7 @@ from wsi_frgnet.model.model_file import (
 )
 from wsi_frgnet.train.crops import LabelledArray, RandomCrops, collate
 from wsi_frgnet.train.pretrained import load_imagenet_encoder
+from wsi_frgnet.train.weight_average import WeightAverage
 
 logger = logging.getLogger(__name__)
 
@@ -120,12 +121,13 @@ def _run_identity(run: TrainingRun, trainable: list[str]) -> dict[str, Any]:
 
 
 def _save_state(
-    run: TrainingRun, model: FrgNet, optimizer: torch.optim.Optimizer, generator: torch.Generator, epoch: int, step: int, best: float,
-    identity: dict[str, Any],
+    run: TrainingRun, model: FrgNet, average: WeightAverage | None, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+    epoch: int, step: int, best: float, identity: dict[str, Any],
 ) -> None:
     contents = {
         "identity": identity,
         "model": model.state_dict(),
+        "weight_average": None if average is None else average.state_dict(),
         "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(),
         "epochs_done": epoch,
@@ -214,6 +216,9 @@ def optimise(
     dtype = autocast_dtype(config.precision, run.device, training=True)
     identity = _run_identity(run, [name for name, p in model.named_parameters() if p.requires_grad])
     identity["precision_used"] = "fp32" if dtype is None else str(dtype).removeprefix("torch.")  # 'auto' as resolved here
+    # With a weight average, the average is what is validated and saved (the trained weights go on).
+    average = WeightAverage(model, config.weight_average) if config.weight_average > 0 else None
+    evaluated = model if average is None else average.module
     if run.resume:
         state = read_payload(run.state_path, "training-state")
         if state.get("identity") != identity:
@@ -223,7 +228,9 @@ def optimise(
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             generator.set_state(state["generator"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+            if average is not None:
+                average.load_state_dict(state["weight_average"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise InputError(f"{run.state_path}: damaged training state ({type(exc).__name__})") from exc
         start_epoch, step, best_pq = state["epochs_done"], state["step"], state["best_pq"]
         _trim_log(run.log_path, start_epoch)
@@ -267,6 +274,8 @@ def optimise(
             torch.nn.utils.clip_grad_norm_(parameters, 10.0)
             scaler.step(optimizer)
             scaler.update()
+            if average is not None:
+                average.update(model)
             step += 1
             batches += 1
             for name, value in parts.items():
@@ -279,19 +288,19 @@ def optimise(
         }
         is_last = epoch + 1 == config.epochs
         if validation_images and ((epoch + 1) % config.validate_every == 0 or is_last):
-            last_scores = validate(run, model, validation_images, dtype)
+            last_scores = validate(run, evaluated, validation_images, dtype)
             row.update({f"val_{k}": v for k, v in last_scores.items() if k in ("pq", "dq", "sq", "aji")})
             if last_scores["pq"] > best_pq:
                 best_pq = last_scores["pq"]
-                save_checkpoint(run.output, _checkpoint(run, model, {"epochs": epoch + 1, "validation": row}))
+                save_checkpoint(run.output, _checkpoint(run, evaluated, {"epochs": epoch + 1, "validation": row}))
         elif not validation_images and is_last:
-            save_checkpoint(run.output, _checkpoint(run, model, {"epochs": epoch + 1}))
+            save_checkpoint(run.output, _checkpoint(run, evaluated, {"epochs": epoch + 1}))
         row["seconds"] = round(time.monotonic() - epoch_start, 1)
         _append_log(run.log_path, row)
         logger.info("epoch %d/%d: %s", epoch + 1, config.epochs, _format_row(row))
         if not run.quiet:
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {_format_row(row)}")
-        _save_state(run, model, optimizer, generator, epoch + 1, step, best_pq, identity)
+        _save_state(run, model, average, optimizer, generator, epoch + 1, step, best_pq, identity)
     return {"best_pq": best_pq, "seconds": time.monotonic() - started, "last_validation": last_scores}
 
 
