@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from wsi_frgnet.config import FREEZE_CHOICES, SegmentConfig, TargetConfig, config_from_dict
+from wsi_frgnet.engine.colour import align_colours
 from wsi_frgnet.engine.inference import LoadedModel
 from wsi_frgnet.engine.planning import plan_slide, read_tile
-from wsi_frgnet.engine.tissue import tissue_rgb_mean
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.io.data_folder import (
     LabelledImage,
@@ -215,9 +215,9 @@ def align_input_statistics(run: TrainingRun, model: LoadedModel, parent: Path, t
     if parent_mean is None:
         raise InputError(f"{parent}: records no mean colour of its training data, which aligning the input statistics needs; "
                          "pass --no-input-statistics")
-    tiles_mean = tissue_rgb_mean(tile.rgb for tile in tiles)
-    shift = tuple(new - old for new, old in zip(tiles_mean, parent_mean))
-    run.mean = tuple(float(value + delta) for value, delta in zip(model.checkpoint.mean, shift))
+    alignment = align_colours(model.checkpoint.mean, parent_mean, [tile.rgb for tile in tiles])
+    tiles_mean = alignment.tissue_mean
+    run.mean = alignment.normalisation_mean
     run.data_mean = tiles_mean
     logger.info("input statistics: mean tissue RGB %s against the parent's %s",
                 ", ".join(f"{v:.3f}" for v in tiles_mean), ", ".join(f"{v:.3f}" for v in parent_mean))
