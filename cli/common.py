@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from wsi_frgnet.config import SegmentConfig
 from wsi_frgnet.errors import InputError
 
 
@@ -79,7 +80,7 @@ def threshold_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 colour_alignment_option = click.option(
-    "--colour-alignment/--no-colour-alignment", default=True, show_default=True,
+    "--colour-alignment/--no-colour-alignment", default=SegmentConfig.colour_alignment, show_default=True,
     help="Shift the network's input normalisation so that each slide's (or image's) mean tissue colour meets that of the "
          "model's training data: a lab's stain and scanner colours are read as the training data's were.",
 )

@@ -34,7 +34,7 @@ def test_aligned_mean_moves_the_normalisation_with_the_tissue():
 
 
 def test_a_colour_cast_cancels_on_images(model):
-    rgb, labels = _tissue(4, (256, 256))
+    rgb, _ = _tissue(4, (256, 256))
     cast = (rgb + CAST).astype(np.uint8)
     aligned = model.segment(cast)
     assert score_instances(model.segment(rgb), aligned).pq >= 0.99
