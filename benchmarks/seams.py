@@ -67,11 +67,12 @@ def main() -> None:
     parser.add_argument("--margin", type=int, default=256, help="working px of slide around the region in the single pass (multiple of 32)")
     parser.add_argument("--layout", nargs="+", default=DEFAULT_LAYOUTS, help="TILE/CONTEXT in working px")
     parser.add_argument("--mpp", type=float, default=None, help="µm/px of the slide when its file does not say")
+    parser.add_argument("--tta", action="store_true", help="both runs average over mirror images (segment --tta)")
     args = parser.parse_args()
 
     model = load_model(args.model, precision="fp32")
     x, y, width, height = args.region
-    base = SegmentConfig(roi=tuple(args.region), tissue_mask=False, measure=False, precision="fp32")
+    base = SegmentConfig(roi=tuple(args.region), tissue_mask=False, measure=False, precision="fp32", tta=args.tta)
     with tempfile.TemporaryDirectory() as folder:
 
         def tiled(tile: int, context: int) -> tuple[list[np.ndarray], float]:

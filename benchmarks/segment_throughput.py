@@ -90,12 +90,13 @@ def _model_only(args: argparse.Namespace, slide: Path, queue) -> None:
         resolve_device,
     )
     from wsi_frgnet.engine.inference import images_to_tensor, load_model
+    from wsi_frgnet.engine.mirrors import run_network
     from wsi_frgnet.engine.planning import plan_slide, read_tile
     from wsi_frgnet.io.slide import open_slide
 
     device = resolve_device(args.device)
     model = load_model(args.model, device)
-    config = SegmentConfig(tile_size=args.tile_size, context=args.context, batch_size=args.batch_size, precision=args.precision)
+    config = SegmentConfig(tile_size=args.tile_size, context=args.context, batch_size=args.batch_size, precision=args.precision, tta=args.tta)
     with open_slide(slide) as opened:
         plan = plan_slide(opened, model, config, trim=False)  # whole tiles only: the network's speed per tile
         tiles = np.stack([read_tile(plan, tile) for tile in plan.tiles[: args.model_tiles]])
@@ -105,7 +106,7 @@ def _model_only(args: argparse.Namespace, slide: Path, queue) -> None:
     def run_batch(start: int) -> None:
         batch = images_to_tensor(tiles[start : start + args.batch_size], checkpoint.mean, checkpoint.std, device)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            model.network(batch)
+            run_network(model.network, batch, args.tta)
 
     engine = network_executor(network_thread_shares(device))  # the streams segment runs the network on
 
@@ -129,7 +130,7 @@ def _end_to_end(args: argparse.Namespace, slide: Path, output: Path, queue) -> N
     from wsi_frgnet.engine.pipeline import segment_slide
 
     model = load_model(args.model, resolve_device(args.device))
-    config = SegmentConfig(tile_size=args.tile_size, context=args.context, batch_size=args.batch_size, precision=args.precision)
+    config = SegmentConfig(tile_size=args.tile_size, context=args.context, batch_size=args.batch_size, precision=args.precision, tta=args.tta)
     seconds = math.inf
     for _ in range(args.repeats):
         started = time.perf_counter()
@@ -167,6 +168,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=None, help="default: segment's for the device")
     parser.add_argument("--batch-size", type=int, default=None, help="default: segment's for the device")
     parser.add_argument("--model-tiles", type=int, default=32, help="tiles for the model-only measurement")
+    parser.add_argument("--tta", action="store_true", help="average over mirror images (segment --tta)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each measurement; the fastest is reported")
     args = parser.parse_args()
 

@@ -20,6 +20,7 @@ import torch
 from wsi_frgnet.config import PostprocessConfig
 from wsi_frgnet.engine.decode import decode_nuclei
 from wsi_frgnet.engine.inference import images_to_tensor, load_model, pad_with_glass
+from wsi_frgnet.engine.mirrors import run_network
 from wsi_frgnet.eval.metrics import mean_scores, score_instances
 from wsi_frgnet.geometry.raster import polygons_to_label_map
 from wsi_frgnet.io.data_folder import list_labelled_images, load_pair, named_items
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--weights-from", type=Path, help="with --write: take the weights from this model (same architecture)")
     parser.add_argument("--colour-alignment", action=argparse.BooleanOptionalAction, default=True,
                         help="align each image's colours with the training data's, as segment and evaluate do by default")
+    parser.add_argument("--tta", action="store_true", help="average the network over each image's mirror images (segment --tta)")
     args = parser.parse_args()
 
     model = load_model(args.model, colour_alignment=args.colour_alignment)
@@ -52,7 +54,7 @@ def main() -> None:
         tensor = images_to_tensor(pad_with_glass(rgb, model.network.config.size_multiple)[None], model.normalisation_mean(rgb),
                                   model.checkpoint.std, "cpu")
         with torch.no_grad():
-            cached.append((model.network(tensor), truth))
+            cached.append((run_network(model.network, tensor, args.tta), truth))
     rows = []
     for score, nms, guide in itertools.product(args.score, args.nms, args.guide):
         config = PostprocessConfig(score_threshold=score, nms_threshold=nms, guide_threshold=guide)

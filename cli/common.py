@@ -84,6 +84,11 @@ colour_alignment_option = click.option(
     help="Shift the network's input normalisation so that each slide's (or image's) mean tissue colour meets that of the "
          "model's training data: a lab's stain and scanner colours are read as the training data's were.",
 )
+tta_option = click.option(
+    "--tta/--no-tta", default=SegmentConfig.tta, show_default=True,
+    help="Test-time augmentation: run the network on each image or tile and on its three mirror images and average the four "
+         "before finding nuclei (about 4x the network time, more accurate).",
+)
 model_option = click.option(
     "--model", "-m", "model_path", type=click.Path(path_type=Path), default=None,
     help="Model file (.pt) written by frgnet-wsi train or finetune [default: the model shipped with frgnet-wsi].",

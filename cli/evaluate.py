@@ -16,6 +16,7 @@ from wsi_frgnet.cli.common import (
     precision_option,
     quiet_option,
     threshold_options,
+    tta_option,
 )
 
 
@@ -26,12 +27,13 @@ from wsi_frgnet.cli.common import (
 @mpp_option("µm/px of every image [default: the folder's manifest.json, else the model's]; images are resampled to the model's µm/px.")
 @precision_option("fp32", "Inference precision (fp32 by default, so that scores are the same on every machine).")
 @colour_alignment_option
+@tta_option
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write mean and per-image scores as JSON.")
 @threshold_options
 @device_option
 @quiet_option
 @handles_user_errors
-def evaluate(data_dir: Path, model_path: Path | None, baseline: str | None, mpp: float | None, precision: str, colour_alignment: bool, json_path: Path | None,
+def evaluate(data_dir: Path, model_path: Path | None, baseline: str | None, mpp: float | None, precision: str, colour_alignment: bool, tta: bool, json_path: Path | None,
              score_threshold: float | None, nms_threshold: float | None, guide_threshold: float | None, device: str, quiet: bool) -> None:
     """Score a model on DATA_DIR (images/ + labels/): PQ = DQ x SQ at IoU > 0.5, and AJI.
 
@@ -60,7 +62,7 @@ def evaluate(data_dir: Path, model_path: Path | None, baseline: str | None, mpp:
         from wsi_frgnet.eval.evaluation import seen_in_training
         from wsi_frgnet.io.data_folder import list_labelled_images
 
-        model = load_model(model_path, resolve_device(device), score_threshold, nms_threshold, guide_threshold, precision, colour_alignment)
+        model = load_model(model_path, resolve_device(device), score_threshold, nms_threshold, guide_threshold, precision, colour_alignment, tta)
         names = [item.name for item in list_labelled_images(data_dir)]
         seen = seen_in_training(model.checkpoint.provenance, names)
         if seen:

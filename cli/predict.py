@@ -16,6 +16,7 @@ from wsi_frgnet.cli.common import (
     precision_option,
     quiet_option,
     threshold_options,
+    tta_option,
 )
 
 from wsi_frgnet.config import SegmentConfig
@@ -28,12 +29,13 @@ from wsi_frgnet.config import SegmentConfig
 @mpp_option("µm/px of the images [default: from TIFF resolution tags, else taken to be the model's]; they are resampled to the model's µm/px and results mapped back.")
 @precision_option(SegmentConfig.precision, "Inference precision; auto: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16, else fp32.")
 @colour_alignment_option
+@tta_option
 @click.option("--label-format", type=click.Choice(["png", "tif"]), default="png", show_default=True, help="16-bit PNG or int32 TIFF label maps.")
 @threshold_options
 @device_option
 @quiet_option
 @handles_user_errors
-def predict(images: tuple[Path, ...], output_dir: Path, model_path: Path | None, mpp: float | None, precision: str, colour_alignment: bool, label_format: str,
+def predict(images: tuple[Path, ...], output_dir: Path, model_path: Path | None, mpp: float | None, precision: str, colour_alignment: bool, tta: bool, label_format: str,
             score_threshold: float | None, nms_threshold: float | None, guide_threshold: float | None, device: str, quiet: bool) -> None:
     """Segment each IMAGE (PNG, JPEG or TIFF) and write, per image, into OUTPUT:
 
@@ -53,7 +55,7 @@ def predict(images: tuple[Path, ...], output_dir: Path, model_path: Path | None,
     stems = [path.stem for path in images]
     if len(set(stems)) < len(stems):
         raise click.BadParameter("several images share a file name; their results would overwrite each other", param_hint="IMAGES")
-    model = load_model(model_path, resolve_device(device), score_threshold, nms_threshold, guide_threshold, precision, colour_alignment)
+    model = load_model(model_path, resolve_device(device), score_threshold, nms_threshold, guide_threshold, precision, colour_alignment, tta)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"{output_dir}: exists and is not a folder")
     try:

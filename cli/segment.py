@@ -20,6 +20,7 @@ from wsi_frgnet.cli.common import (
     precision_option,
     quiet_option,
     threshold_options,
+    tta_option,
 )
 
 from wsi_frgnet.config import TILE_LAYOUTS, SegmentConfig
@@ -77,6 +78,7 @@ def _layouts(field: int) -> str:
 @click.option("--roi-geojson", type=click.Path(path_type=Path), default=SegmentConfig.roi_geojson, help="Only inside these QuPath annotations (exported GeoJSON).")
 @click.option("--tissue-mask/--no-tissue-mask", default=SegmentConfig.tissue_mask, show_default=True, help="Skip glass, found on a low-resolution thumbnail.")
 @colour_alignment_option
+@tta_option
 @click.option("--tile-size", type=int, default=None,
               help=f"Network tile side, px at the model's resolution [default: {_layouts(0)}].")
 @click.option("--context", "--overlap", "context", type=int, default=None,
@@ -109,7 +111,7 @@ def _layouts(field: int) -> str:
 @quiet_option
 @handles_user_errors
 def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp: float | None, roi: tuple[int, int, int, int] | None,
-            roi_geojson: Path | None, tissue_mask: bool, colour_alignment: bool, tile_size: int, context: int, batch_size: int, precision: str, threads: int,
+            roi_geojson: Path | None, tissue_mask: bool, colour_alignment: bool, tta: bool, tile_size: int, context: int, batch_size: int, precision: str, threads: int,
             bounds_offset: bool, cell_expansion: float, cell_constrain_scale: float, measure: bool, table: Path | None, qc: bool, gzip: bool,
             ray: str | None, ray_cpus: int, overwrite: bool, score_threshold: float | None, nms_threshold: float | None, guide_threshold: float | None, device: str,
             quiet: bool) -> None:
@@ -136,7 +138,7 @@ def segment(slides: tuple[Path, ...], output: Path, model_path: Path | None, mpp
 
     try:
         config = SegmentConfig(tile_size=tile_size, context=context, batch_size=batch_size, tissue_mask=tissue_mask, roi=roi,
-                               colour_alignment=colour_alignment,
+                               colour_alignment=colour_alignment, tta=tta,
                                roi_geojson=roi_geojson, subtract_bounds=bounds_offset, reader_threads=threads, precision=precision,
                                cell_expansion=cell_expansion, cell_constrain_scale=cell_constrain_scale, measure=measure)
         for device_type in TILE_LAYOUTS:  # a layout left open is completed on the device that runs it

@@ -48,6 +48,8 @@ _DEFAULTS = TrainingConfig()
 @click.option("--architecture", type=click.Choice(["default", "tiny"]), default="default", show_default=True, help="Network size; tiny is for tests and smoke runs.")
 @click.option("--encoder", type=click.Choice(ENCODERS), default=ModelConfig.encoder, show_default=True,
               help="resnet: trained from scratch; efficientnet-lite0: starts from ImageNet weights (needs the train extra).")
+@click.option("--antialias/--no-antialias", default=ModelConfig.antialias, show_default=True,
+              help="Blur before each stride-2 step of the resnet encoder, so that outputs move less when the image shifts by a pixel.")
 @click.option("--fourier-order", type=click.IntRange(min=1), default=None,
               help="Elliptic Fourier order of the contours (default: the architecture's, 12 for default).")
 @click.option("--keep-fraction", type=click.FloatRange(0.0, 1.0, min_open=True), default=_DEFAULTS.keep_fraction, show_default=True,
@@ -80,7 +82,7 @@ _DEFAULTS = TrainingConfig()
 @handles_user_errors
 def train(data_dir: Path, output: Path, validation: Path | None, validation_fraction: float | None, epochs: int, batch_size: int,
           learning_rate: float, warmup_epochs: float, crop_size: int, mpp: float | None, seed: int, validate_every: int,
-          workers: int, architecture: str, encoder: str, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide_source: str, guide: str | None, scanner_augmentation: bool, scale_jitter: float, fibre_augmentation: bool, weight_average: float, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
+          workers: int, architecture: str, encoder: str, antialias: bool, fourier_order: int | None, keep_fraction: float, partial_rule: str, guide_source: str, guide: str | None, scanner_augmentation: bool, scale_jitter: float, fibre_augmentation: bool, weight_average: float, contrastive: bool, precision: str, mixed_precision: bool | None, resume: bool, overwrite: bool,
           device: str, quiet: bool) -> None:
     """Train an FrGNet on DATA_DIR (images/ and labels/ with the same file stems).
 
@@ -104,7 +106,8 @@ def train(data_dir: Path, output: Path, validation: Path | None, validation_frac
         if mixed_precision is False:
             precision = "fp32"
         model_config = ModelConfig(**{**vars(base), "guide": guide, "contrastive": contrastive,
-                                      "fourier_order": fourier_order or base.fourier_order})
+                                      "fourier_order": fourier_order or base.fourier_order,
+                                      "antialias": antialias})
         training = TrainingConfig(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup_epochs=warmup_epochs,
             crop_size=crop_size, seed=seed, validate_every=validate_every, workers=workers,

@@ -58,3 +58,24 @@ def test_gradients_reach_every_parameter():
     parts["total"].backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
+
+
+def test_antialiased_encoder_moves_less_under_a_one_pixel_shift():
+    """Same weights, blur on or off: the deepest features of an image shifted by one pixel
+    differ less from the unshifted ones (the blur has no parameters of its own)."""
+    torch.manual_seed(0)
+    plain = FrgNet(ModelConfig(antialias=False)).eval()
+    smooth = FrgNet(ModelConfig(antialias=True)).eval()
+    assert plain.state_dict().keys() == smooth.state_dict().keys()
+    smooth.load_state_dict(plain.state_dict())
+    rng = torch.Generator().manual_seed(1)
+    image = torch.nn.functional.avg_pool2d(torch.randn(1, 3, 288, 288, generator=rng), 3, 1, 1)
+    changes = []
+    for network in (plain, smooth):
+        with torch.no_grad():
+            deep = network.encoder(image[..., :256, :256])[-1]
+            shifted = network.encoder(image[..., 1:257, 1:257])[-1]
+        changes.append(float((deep - shifted)[..., 1:-1, 1:-1].abs().mean() / deep.abs().mean()))
+    assert changes[1] < 0.8 * changes[0]
+    with pytest.raises(ValueError, match="resnet"):
+        ModelConfig.efficientnet_lite0(antialias=True)

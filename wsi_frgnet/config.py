@@ -48,12 +48,15 @@ class ModelConfig:
     contrastive: bool = True
     projection_dim: int = 128
     encoder: str = "resnet"
+    antialias: bool = False  # resnet encoder: a 3x3 binomial blur before every stride-2 step
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, not {self.encoder!r}")
         if self.encoder == "efficientnet-lite0" and tuple(self.encoder_widths) != EFFICIENTNET_LITE0_WIDTHS:
             raise ValueError(f"the efficientnet-lite0 encoder has level widths {EFFICIENTNET_LITE0_WIDTHS}")
+        if self.encoder == "efficientnet-lite0" and self.antialias:
+            raise ValueError("antialias applies to the resnet encoder only")
         if len(self.encoder_widths) != len(self.encoder_blocks) + 1:
             raise ValueError("encoder_widths needs one entry more than encoder_blocks (the stem)")
         if len(self.decoder_widths) != len(self.encoder_widths):
@@ -244,6 +247,7 @@ class SegmentConfig:
     batch_size: int | None = None
     tissue_mask: bool = True
     colour_alignment: bool = True  # align the slide's mean tissue colour with the model's training data (engine.colour)
+    tta: bool = False  # average the network over each tile's four mirror images (engine.mirrors): ~4x network time
     roi: tuple[int, int, int, int] | None = None  # (x, y, width, height) in level-0 px
     roi_geojson: Path | None = None  # QuPath annotations (level-0 px) restricting the work
     subtract_bounds: bool = True  # coordinates relative to OpenSlide's bounds (as QuPath shows them)

@@ -18,6 +18,7 @@ from wsi_frgnet.config import PostprocessConfig
 from wsi_frgnet.engine.colour import align_colours
 from wsi_frgnet.engine.decode import decode_nuclei
 from wsi_frgnet.engine.devices import autocast_dtype
+from wsi_frgnet.engine.mirrors import run_network
 from wsi_frgnet.errors import InputError
 from wsi_frgnet.geometry.raster import polygons_to_label_map
 from wsi_frgnet.model import FrgNet
@@ -68,13 +69,15 @@ def predict_image(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     autocast_dtype: torch.dtype | None = None,
+    tta: bool = False,
 ) -> ImagePrediction:
-    """Segment one (H, W, 3) uint8 image in a single network pass (model in eval mode)."""
+    """Segment one (H, W, 3) uint8 image in a single network pass (model in eval mode), or
+    with ``tta`` in four, averaged over its mirror images (:mod:`~wsi_frgnet.engine.mirrors`)."""
     device = next(model.parameters()).device
     height, width = rgb.shape[:2]
     tensor = images_to_tensor(pad_with_glass(rgb, model.config.size_multiple)[None], mean, std, device)
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        output = model(tensor)
+        output = run_network(model, tensor, tta)
     nuclei, guide = decode_nuclei(output, 0, model.config, postprocess, valid_size=(height, width))
     if guide is not None:  # stride 2 → image resolution
         full = F.interpolate(torch.from_numpy(guide)[None, None], scale_factor=2, mode="bilinear", align_corners=False)
@@ -95,6 +98,7 @@ class LoadedModel:
     path: Path | None = None  # the model file it was loaded from
     autocast: torch.dtype | None = None  # inference precision of ``predict`` (None: fp32)
     colour_alignment: bool = True  # align each image's colours with the training data's (engine.colour)
+    tta: bool = False  # average the network over each image's mirror images (engine.mirrors)
 
     def normalisation_mean(self, rgb: np.ndarray) -> tuple[float, ...]:
         """The input normalisation mean for an (H, W, 3) uint8 image: the model's own, or with
@@ -113,11 +117,11 @@ class LoadedModel:
         working_mpp = self.checkpoint.working_microns_per_pixel(microns_per_pixel)
         scale = 1.0 if microns_per_pixel is None or working_mpp is None else microns_per_pixel / working_mpp
         if abs(scale - 1.0) < RESAMPLE_TOLERANCE:
-            return predict_image(self.network, rgb, self.postprocess, mean, self.checkpoint.std, self.autocast)
+            return predict_image(self.network, rgb, self.postprocess, mean, self.checkpoint.std, self.autocast, self.tta)
         height, width = rgb.shape[:2]
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         resampled = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
-        prediction = predict_image(self.network, resampled, self.postprocess, mean, self.checkpoint.std, self.autocast)
+        prediction = predict_image(self.network, resampled, self.postprocess, mean, self.checkpoint.std, self.autocast, self.tta)
         factors = np.array([width / size[0], height / size[1]])
         nuclei = [replace(nucleus, polygon=nucleus.polygon * factors) for nucleus in prediction.nuclei]
         guide = None
@@ -138,11 +142,13 @@ def load_model(
     guide_threshold: float | None = None,
     precision: str = "fp32",
     colour_alignment: bool = True,
+    tta: bool = False,
 ) -> LoadedModel:
     """Load a model file for inference (None: the model shipped with the package,
     :func:`default_model_path`); thresholds left as None keep the checkpoint's values;
     ``precision`` is that of ``LoadedModel.predict`` (``engine.devices.autocast_dtype``);
-    ``colour_alignment``: that of ``LoadedModel.predict`` (``LoadedModel.normalisation_mean``)."""
+    ``colour_alignment``: that of ``LoadedModel.predict`` (``LoadedModel.normalisation_mean``);
+    ``tta``: ``LoadedModel.predict`` averages over mirror images (:mod:`~wsi_frgnet.engine.mirrors`)."""
     path = default_model_path() if path is None else Path(path)
     checkpoint = load_checkpoint(path)
     overrides = {
@@ -156,7 +162,7 @@ def load_model(
     }
     network = checkpoint.build_model(device)
     dtype = autocast_dtype(precision, next(network.parameters()).device)
-    return LoadedModel(network, checkpoint, replace(checkpoint.postprocess, **overrides), path, dtype, colour_alignment)
+    return LoadedModel(network, checkpoint, replace(checkpoint.postprocess, **overrides), path, dtype, colour_alignment, tta)
 
 
 def default_model_path() -> Path:

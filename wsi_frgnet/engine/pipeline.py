@@ -46,6 +46,7 @@ from wsi_frgnet.engine.merge import (
     scale,
     translate,
 )
+from wsi_frgnet.engine.mirrors import run_network
 from wsi_frgnet.engine.objects import ObjectMaker, ObjectSettings
 from wsi_frgnet.engine.overlaps import resolve_overlaps
 from wsi_frgnet.engine.planning import (
@@ -167,11 +168,11 @@ def iterate_nuclei(
     depth = max(len(shares) + 2, 2 * config.reader_threads // config.batch_size + 1, 2 * post_threads)
     emitted = oversized = 0
 
-    def run_network(tiles: list[Tile], reads: list[Future]) -> Future:
+    def run_batch(tiles: list[Tile], reads: list[Future]) -> Future:
         pixels = _stack_padded([read.result() for read in reads])
         tensor = images_to_tensor(pixels, plan.input_mean, checkpoint.std, device)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            output = network(tensor)
+            output = run_network(network, tensor, config.tta)
         if post is not None:
             return post.submit(postprocess, tiles, output)
         done: Future = Future()
@@ -184,7 +185,7 @@ def iterate_nuclei(
 
     def submit() -> None:
         while len(in_flight) < depth and (batch := list(islice(tiles_left, config.batch_size))):
-            in_flight.append(engine.submit(run_network, batch, [readers.submit(read_tile, plan, tile) for tile in batch]))
+            in_flight.append(engine.submit(run_batch, batch, [readers.submit(read_tile, plan, tile) for tile in batch]))
 
     def next_computed() -> tuple[Tile, list[Nucleus], int]:
         while not computed:

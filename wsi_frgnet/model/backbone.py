@@ -30,11 +30,31 @@ class SubsampledPointwiseConv(nn.Conv2d):
         return super().forward(x[:, :, :: self.subsample, :: self.subsample])
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual shortcut (ResNet-18 style)."""
+class BinomialBlur(nn.Module):
+    """3x3 binomial low-pass ([1, 2, 1] x [1, 2, 1] / 16) of every channel, reflect-padded,
+    then subsampled by ``stride``. Before or as a stride-2 step it removes most of what
+    subsampling would alias, so the output moves less when the input shifts by less than the
+    stride (Zhang 2019, "Making convolutional networks shift-invariant again"). No parameters."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+    def __init__(self, channels: int, stride: int = 1) -> None:
         super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (taps[:, None] * taps[None, :]) / 16.0
+        self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).clone(), persistent=False)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        return F.conv2d(padded, self.kernel.to(x.dtype), stride=self.stride, groups=x.shape[1])
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual shortcut (ResNet-18 style); with ``antialias``, a
+    stride-2 block blurs its input first (:class:`BinomialBlur`)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, antialias: bool = False) -> None:
+        super().__init__()
+        self.blur: nn.Module = BinomialBlur(in_channels) if antialias and stride != 1 else nn.Identity()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
@@ -47,6 +67,7 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blur(x)
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x), inplace=True)
@@ -55,15 +76,20 @@ class BasicBlock(nn.Module):
 class Encoder(nn.Module):
     """Stem (stride 2) then residual stages, each halving resolution.
 
-    Returns the feature maps of every level, level i at stride 2**(i+1).
+    Returns the feature maps of every level, level i at stride 2**(i+1). With ``antialias``,
+    the stem's first convolution runs at stride 1 and is blurred and subsampled after its ReLU
+    (about 2 % more computation), and every stride-2 block blurs its input first.
     """
 
-    def __init__(self, widths: tuple[int, ...], blocks: tuple[int, ...]) -> None:
+    def __init__(self, widths: tuple[int, ...], blocks: tuple[int, ...], antialias: bool = False) -> None:
         super().__init__()
-        self.stem = nn.Sequential(conv_bn_relu(3, widths[0], stride=2), conv_bn_relu(widths[0], widths[0]))
+        first = conv_bn_relu(3, widths[0], stride=1 if antialias else 2)
+        if antialias:
+            first.append(BinomialBlur(widths[0], stride=2))
+        self.stem = nn.Sequential(first, conv_bn_relu(widths[0], widths[0]))
         stages = []
         for in_width, out_width, count in zip(widths[:-1], widths[1:], blocks):
-            layers = [BasicBlock(in_width, out_width, stride=2)]
+            layers = [BasicBlock(in_width, out_width, stride=2, antialias=antialias)]
             layers += [BasicBlock(out_width, out_width) for _ in range(count - 1)]
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)

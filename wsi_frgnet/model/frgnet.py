@@ -68,7 +68,7 @@ class FrgNet(nn.Module):
         super().__init__()
         self.config = config
         self.encoder: nn.Module = (
-            EfficientNetLite0Encoder() if config.encoder == "efficientnet-lite0" else Encoder(config.encoder_widths, config.encoder_blocks)
+            EfficientNetLite0Encoder() if config.encoder == "efficientnet-lite0" else Encoder(config.encoder_widths, config.encoder_blocks, config.antialias)
         )
         self.decoder = Decoder(config.encoder_widths, config.decoder_widths)
         head_in, fine_in, width = config.decoder_widths[1], config.decoder_widths[0], config.head_width
