@@ -44,6 +44,10 @@ print(f"GPU utilisation: mean {sum(values) / max(1, len(values)):.0f} % over {le
 PY
 done
 
+echo "segment --tta (mirror averaging: four network passes per tile), 1536/192 batch 4:"
+timeout 60 python3 benchmarks/segment_throughput.py --model wsi_frgnet/weights/default.pt --device cuda \
+    --tissue 4096 --glass-factor 3 --tile-size 1536 --context 192 --batch-size 4 --repeats 1 --tta 2>&1 | tee "$OUT/segment_tta.txt" | tail -4
+
 step "3. bf16 / fp16 against fp32 on validation images"
 data=gpu_data/val
 if [ ! -d "$data/images" ]; then

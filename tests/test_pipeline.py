@@ -285,7 +285,7 @@ def test_cli_several_slides_skip_existing_and_report_failures(tmp_path, overfitt
     [
         (["missing.svs", "-o", "x.geojson"], "missing.svs: no such file"),
         (["slide.tiff", "-o", "x.geojson", "--tile-size", "100"], "--tile-size"),
-        (["slide.tiff", "-o", "x.geojson", "--context", "600"], "--context"),
+        (["slide.tiff", "-o", "x.geojson", "--context", "700"], "--context"),
         (["slide.tiff", "-o", "x.txt"], "neither a GeoJSON file name"),  # once silently made a folder x.txt
         (["slide.tiff", "-o", "typo.geojosn"], "neither a GeoJSON file name"),
         (["slide.tiff", "-o", "nodir/x.geojson"], "nodir"),

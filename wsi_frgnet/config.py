@@ -229,10 +229,11 @@ class TrainingConfig:
 # Tile layout (tile side, context, tiles per batch; working px) where none is given, per device
 # type. The network's output at a pixel still moves with image content up to about 200 px away,
 # so the context decides how far tiled outlines agree with one pass over the whole region: PQ
-# 0.945 with 512/64, 0.993 with 1024/128, 0.998 with 1536/192 on the 20x slide of
-# docs/RESULTS.md (benchmarks/seams.py). All three recompute the same share of context; larger
-# tiles need more memory, so CPUs take 1024 px one at a time (peak RSS about 1.3 GB).
-TILE_LAYOUTS: dict[str, tuple[int, int, int]] = {"cuda": (1536, 192, 4), "cpu": (1024, 128, 1)}
+# 0.945 with 512/64, 0.987-0.993 with 1024/128, 0.992-0.996 with 1280/160 on four regions of
+# the 20x slide of docs/RESULTS.md (benchmarks/seams.py). These recompute the same share of
+# context, as 1536/192 does; larger tiles need more memory, so CPUs take 1280 px one at a time
+# (peak RSS about 1.9 GB on 2 cores).
+TILE_LAYOUTS: dict[str, tuple[int, int, int]] = {"cuda": (1536, 192, 4), "cpu": (1280, 160, 1)}
 
 
 @dataclass(frozen=True)
