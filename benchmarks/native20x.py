@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, nargs="+", required=True)
     parser.add_argument("--working-mpp", type=float, nargs="+", help="segment at these µm/px instead of the model's choice")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--tta", action="store_true", help="average over mirror images (segment --tta)")
     args = parser.parse_args()
 
     items = list_labelled_images(args.data_dir)
@@ -51,7 +52,7 @@ def main() -> None:
         items = named_items(items, args.names)
     images = [(native20x(rgb), labels) for rgb, labels in (load_pair(item) for item in items)]
     for path in args.model:
-        model = load_model(path, precision=args.precision)
+        model = load_model(path, precision=args.precision, tta=args.tta)
         choices = args.working_mpp or [model.checkpoint.working_microns_per_pixel(SCAN_MICRONS_PER_PIXEL)]
         for working in choices:
             # A model whose range is [working, working] segments the 0.5 µm/px image at ``working``.
