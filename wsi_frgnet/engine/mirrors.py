@@ -29,19 +29,19 @@ def _logit(probability: torch.Tensor) -> torch.Tensor:
     return torch.logit(probability.clamp(1e-6, 1.0 - 1e-6))
 
 
+def _axis_signs(dims: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """(2,) = (x, y) signs of a reflection along ``dims`` (-1: x, -2: y): -1 on a mirrored axis."""
+    return torch.tensor([-1.0 if -1 in dims else 1.0, -1.0 if -2 in dims else 1.0], dtype=like.dtype, device=like.device)
+
+
 def _reflect_coefficients(fourier: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """Coefficients (B, K, 4, h, w) = (a, b, c, d) of contours mirrored along ``dims`` (-1: x,
     -2: y), brought back to the unmirrored frame. A single reflection also reverses the
     traversal (t → -t negates the sine terms b and d), restoring the orientation the network
     predicts; two reflections are a half turn, which keeps it."""
-    sign = torch.ones(4, dtype=fourier.dtype, device=fourier.device)
-    if -1 in dims:
-        sign[0:2] *= -1.0  # x(t) → -x(t)
-    if -2 in dims:
-        sign[2:4] *= -1.0  # y(t) → -y(t)
+    sign = _axis_signs(dims, fourier).repeat_interleave(2)  # x(t) → -x(t) negates a, b; y(t) → -y(t) c, d
     if len(dims) == 1:
-        sign[1] *= -1.0  # t → -t
-        sign[3] *= -1.0
+        sign = sign * torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=sign.dtype, device=sign.device)  # t → -t
     return fourier * sign.view(1, 1, 4, 1, 1)
 
 
@@ -62,7 +62,8 @@ def align_start(fourier: torch.Tensor, reference: torch.Tensor, steps: int = PHA
     The squared distance between two contours is, up to constants, minus
     sum_k cos(kθ) A_k + sin(kθ) B_k for a start shifted by θ; it is evaluated on ``steps``
     phases and the best is refined by a parabola through its neighbours."""
-    a, b, c, d = fourier.float().unbind(dim=2)
+    coefficients = fourier.float()
+    a, b, c, d = coefficients.unbind(dim=2)
     ra, rb, rc, rd = reference.float().unbind(dim=2)
     along = a * ra + b * rb + c * rc + d * rd  # (B, K, h, w)
     across = b * ra - a * rb + d * rc - c * rd
@@ -77,28 +78,19 @@ def align_start(fourier: torch.Tensor, reference: torch.Tensor, steps: int = PHA
     curvature = left - 2.0 * centre + right
     offset = torch.where(curvature < 0, 0.5 * (left - right) / curvature.clamp(max=-1e-12), torch.zeros_like(centre))
     phase = (best[:, 0].float() + offset.clamp(-0.5, 0.5)) * (2.0 * math.pi / steps)
-    return _shift_start(fourier.float(), phase).to(fourier.dtype)
+    return _shift_start(coefficients, phase).to(fourier.dtype)
 
 
-def _unmirror(output: NetworkOutput, dims: tuple[int, ...], reference: torch.Tensor | None) -> NetworkOutput:
-    """One mirrored pass's outputs in the unmirrored frame (coefficients aligned with
-    ``reference``'s start points when given)."""
-    if not dims:
-        return output
-    location = output.location.flip(dims)
-    sign = torch.ones(2, dtype=location.dtype, device=location.device)
-    if -1 in dims:
-        sign[0] = -1.0
-    if -2 in dims:
-        sign[1] = -1.0
-    fourier = _reflect_coefficients(output.fourier.flip(dims), dims)
-    if reference is not None:
-        fourier = align_start(fourier, reference)
+def _unmirror(output: NetworkOutput, dims: tuple[int, ...], reference: torch.Tensor) -> NetworkOutput:
+    """A pass over the input mirrored along ``dims``, in the unmirrored frame, its coefficients
+    aligned with ``reference``'s start points. Only the averaged maps are brought back; the
+    refinement field and head features stay as they are (unused)."""
+    location = output.location.flip(dims) * _axis_signs(dims, output.location).view(1, 2, 1, 1)
     return NetworkOutput(
         score_logits=output.score_logits.flip(dims),
-        location=location * sign.view(1, 2, 1, 1),
-        fourier=fourier,
-        refinement=output.refinement,  # unused: the unmirrored pass's field is kept
+        location=location,
+        fourier=align_start(_reflect_coefficients(output.fourier.flip(dims), dims), reference),
+        refinement=output.refinement,
         guide_logits=None if output.guide_logits is None else output.guide_logits.flip(dims),
         head_features=output.head_features,
     )
@@ -115,7 +107,7 @@ def mirror_averaged(network: FrgNet, images: torch.Tensor) -> NetworkOutput:
     for dims in MIRRORS[1:]:
         mirrored = _unmirror(network(images.flip(dims).contiguous(memory_format=torch.channels_last)), dims, first.fourier)
         probability = probability + torch.sigmoid(mirrored.score_logits.float())
-        if guide is not None and mirrored.guide_logits is not None:
+        if guide is not None:
             guide = guide + torch.sigmoid(mirrored.guide_logits.float())
         location = location + mirrored.location.float()
         fourier = fourier + mirrored.fourier.float()
