@@ -92,7 +92,7 @@ def main() -> None:
             bottom = max(t.core[1] + t.core[3] for t in plan.tiles)
             side = math.ceil((max(right - left, bottom - top) + 32) / 32) * 32 + 2 * args.margin
             read = (left // 32 * 32 - args.margin, top // 32 * 32 - args.margin, side, side)
-            plan.tiles = [Tile(0, read, (left, top, right - left, bottom - top))]
+            plan.tiles = [Tile(0, read, (left, top, right - left, bottom - top), args.margin)]
             single = replace(base, tile_size=side, context=args.margin, batch_size=1)
             reference = [n.polygon for n in iterate_nuclei(plan, model, single) if n.polygon is not None]
         seconds = time.perf_counter() - started

@@ -63,8 +63,8 @@ def test_a_chain_of_overlaps_is_settled_best_first():
 
 
 def test_overlaps_across_tiles_are_settled_by_the_deduplicator():
-    left = Tile(0, (-64, -64, 512, 512), (0, 0, 384, 384))
-    right = Tile(1, (320, -64, 512, 512), (384, 0, 384, 384))
+    left = Tile(0, (-64, -64, 512, 512), (0, 0, 384, 384), 64)
+    right = Tile(1, (320, -64, 512, 512), (384, 0, 384, 384), 64)
     held = disc(378, 100, 12, 0.95)  # owned by the left tile
     newcomer = disc(394, 100, 10, 0.80)  # owned by the right tile, overlapping the held one
     winner = disc(392, 200, 10, 0.99)

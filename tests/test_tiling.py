@@ -132,6 +132,6 @@ def test_frame_conversions():
 
 
 def test_tile_is_frozen():
-    tile = Tile(0, (0, 0, 10, 10), (2, 2, 6, 6))
+    tile = Tile(0, (0, 0, 10, 10), (2, 2, 6, 6), 2)
     with pytest.raises(AttributeError):
         tile.index = 1  # type: ignore[misc]

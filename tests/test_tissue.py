@@ -89,6 +89,31 @@ def test_mask_frame_downsample_and_origin():
         tiles_with_tissue(tiles, mask, 0)
 
 
+def test_trimmed_reads_cover_the_tissue_and_keep_the_grid_phase():
+    mask = np.zeros((100, 160), dtype=bool)  # 10 working px per mask pixel: 1600 x 1000 working px
+    mask[:, :40] = True  # tissue fills the first 400 px
+    mask[60:62, 100:103] = True  # a speck of tissue inside one core, far from its edges
+    tiles = plan_tiles((0, 0, 1600, 1000), 512, 64, trim_to=32)  # cores of 384
+    whole = tiles_with_tissue(tiles, mask, 10.0)
+    trimmed = tiles_with_tissue(tiles, mask, 10.0, trim_to=32)
+    assert [t.index for t in trimmed] == [t.index for t in whole]
+    for before, after in zip(whole, trimmed):
+        assert after.core == before.core and after.context == before.context == 64
+        (x, y, width, height), (x0, y0, width0, height0) = after.read, before.read
+        assert (x - x0) % 32 == 0 and (y - y0) % 32 == 0 and width % 32 == 0 and height % 32 == 0
+        assert x0 <= x and y0 <= y and x + width <= x0 + width0 and y + height <= y0 + height0
+        core_x, core_y, core_width, core_height = before.core
+        rows, columns = np.nonzero(mask[core_y // 10 : (core_y + core_height) // 10, core_x // 10 : (core_x + core_width) // 10])
+        tissue = (core_x + columns.min() * 10, core_y + rows.min() * 10, core_x + (columns.max() + 1) * 10, core_y + (rows.max() + 1) * 10)
+        # the tissue and the context around it (within the untrimmed read) are still read
+        assert x <= max(x0, tissue[0] - 64) and y <= max(y0, tissue[1] - 64)
+        assert x + width >= min(x0 + width0, tissue[2] + 64) and y + height >= min(y0 + height0, tissue[3] + 64)
+    speck = next(t for t in trimmed if t.core[0] <= 1000 < t.core[0] + t.core[2] and t.core[1] <= 600 < t.core[1] + t.core[3])
+    assert speck.read[2] * speck.read[3] <= 192 * 192  # 30 x 20 px of tissue, 64 px around it, rounded to 32
+    full = [t for t in trimmed if t.core[0] + t.core[2] <= 400]  # cores all tissue: unchanged
+    assert full and all(t in whole for t in full)
+
+
 def test_otsu_threshold_splits_two_modes():
     values = np.concatenate([np.full(100, 0.1), np.full(50, 0.6)])
     assert 0.1 <= otsu_threshold(values) < 0.6

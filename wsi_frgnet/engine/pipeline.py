@@ -11,6 +11,7 @@ stays bounded whatever the slide size.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
+import orjson
 import torch
 from shapely import Point
 from tqdm.auto import tqdm
@@ -270,7 +272,7 @@ def segment_slide(
         )
         summary = SegmentSummary(slide=Path(path), tiles=len(plan.tiles), tissue_area_mm2=plan.area_mm2, output=output)
         collector = _qc_collector(plan, config) if qc else None
-        journal = TileJournal(journal_path(output), _run_identity(Path(path), slide_mpp, model, config), fresh=restart)
+        journal = TileJournal(journal_path(output), _run_identity(Path(path), slide_mpp, model, config, plan), fresh=restart)
         # Log lines go above the bar, not through it.
         with tqdm(total=len(plan.tiles), desc=Path(path).name, unit="tile", disable=quiet) as progress, logging_redirect_tqdm():
             nuclei = iterate_nuclei(plan, model, config, progress, summary, journal)
@@ -293,9 +295,10 @@ def segment_slide(
     return summary
 
 
-def _run_identity(path: Path, slide_mpp: float, model: LoadedModel, config: SegmentConfig) -> dict:
-    """What makes two runs' tiles interchangeable: tool, model, slide file and the options that
-    shape the tiles' nuclei (not those of the later stages: cells, measurements, reading threads)."""
+def _run_identity(path: Path, slide_mpp: float, model: LoadedModel, config: SegmentConfig, plan: SlidePlan) -> dict:
+    """What makes two runs' tiles interchangeable: tool, model, slide file, the options that
+    shape the tiles' nuclei (not those of the later stages: cells, measurements, reading threads)
+    and the tiles' windows."""
     stat = path.stat()
     options = {key: str(value) if isinstance(value, Path) else value for key, value in config_to_dict(config).items()
                if key not in ("cell_expansion", "cell_constrain_scale", "measure", "reader_threads")}
@@ -306,6 +309,7 @@ def _run_identity(path: Path, slide_mpp: float, model: LoadedModel, config: Segm
         "slide": [path.name, stat.st_size, stat.st_mtime_ns],
         "microns_per_pixel": slide_mpp,
         "options": options,
+        "tiles": hashlib.sha256(orjson.dumps([(tile.index, tile.read, tile.core) for tile in plan.tiles])).hexdigest(),
     }
 
 

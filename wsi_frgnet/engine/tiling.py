@@ -47,19 +47,18 @@ class Tile:
 
     index: position in the plan (raster order, before any filtering).
     read: (x, y, width, height) the network reads: the core's grid cell grown by the context on
-    every side, ``tile_size`` square or trimmed at the region's right and bottom edges; may
-    extend beyond the region (the reader pads).
+    every side, ``tile_size`` square or trimmed at the region's right and bottom edges (or
+    to the tissue, :func:`~wsi_frgnet.engine.tissue.tiles_with_tissue`); may extend beyond the
+    region (the reader pads).
     core: (x, y, width, height) this tile is responsible for; cores partition the region.
+    context: px by which the plan grew the core's grid cell on every side: the farthest an
+    object the tile owns is trusted to reach from its centroid.
     """
 
     index: int
     read: Rect
     core: Rect
-
-    @property
-    def context(self) -> int:
-        """Overlap (working px) between the read rectangle and the core on every side."""
-        return self.core[0] - self.read[0]
+    context: int
 
 
 def plan_tiles(region: Rect, tile_size: int, context: int, anchored: bool = True, trim_to: int | None = None) -> list[Tile]:
@@ -102,6 +101,7 @@ def plan_tiles(region: Rect, tile_size: int, context: int, anchored: bool = True
                     index=len(tiles),
                     read=(read_x, read_y, read_width, read_height),
                     core=(core_x, core_y, core_width, core_height),
+                    context=context,
                 )
             )
     return tiles

@@ -4,7 +4,8 @@ Both filters take tiles planned by :func:`wsi_frgnet.engine.tiling.plan_tiles` (
 their order, so the filtered list is still in raster order:
 
 - :func:`tissue_mask` finds tissue on a low-resolution RGB thumbnail (no I/O here: the caller
-  reads the thumbnail); :func:`tiles_with_tissue` keeps the tiles whose *core* touches tissue.
+  reads the thumbnail); :func:`tiles_with_tissue` keeps the tiles whose *core* touches tissue
+  and can shrink their reads to the tissue they hold.
   The caller passes ``mask_downsample`` in **working px per mask pixel**: for a thumbnail of
   the whole slide at ``thumbnail_downsample`` level-0 px per thumbnail px and a model at
   ``factor`` level-0 px per working px, that is ``thumbnail_downsample / factor``.
@@ -19,7 +20,9 @@ where the scanner recorded nothing), no pen marks.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +153,7 @@ def tiles_with_tissue(
     mask: np.ndarray,
     mask_downsample: float,
     mask_origin: tuple[float, float] = (0.0, 0.0),
+    trim_to: int | None = None,
 ) -> list[Tile]:
     """The tiles whose core overlaps at least one tissue pixel of ``mask``, in their order.
 
@@ -157,6 +161,12 @@ def tiles_with_tissue(
     [ox + c * d, ox + (c + 1) * d) x [oy + r * d, oy + (r + 1) * d) with d = mask_downsample and
     (ox, oy) = ``mask_origin``, the working-px position of the mask's top-left corner (0, 0 for a
     thumbnail of the whole slide). Tiles whose core lies outside the mask are dropped.
+
+    ``trim_to`` (the network's size multiple): each kept tile reads only the bounding box of
+    its core's tissue grown by the tile's context, its read rectangle shrunk by multiples of
+    ``trim_to`` from each side, so that every place keeps its position modulo the network's
+    strides (and its outlines). Parts of a core farther than the context from its tissue are
+    then not looked at, as tiles without tissue are not.
     """
     if mask_downsample <= 0:
         raise ValueError(f"mask_downsample {mask_downsample}: must be positive")
@@ -174,7 +184,30 @@ def tiles_with_tissue(
     row1 = np.clip(np.ceil((cores[:, 1] + cores[:, 3] - origin_y) / mask_downsample), 0, height).astype(np.int64)
     count = integral[row1, col1] - integral[row0, col1] - integral[row1, col0] + integral[row0, col0]
     keep = (col1 > col0) & (row1 > row0) & (count > 0)
-    return [tile for tile, kept in zip(tiles, keep) if kept]
+    kept = [(i, tile) for i, (tile, kept) in enumerate(zip(tiles, keep)) if kept]
+    if not trim_to:
+        return [tile for _, tile in kept]
+    trimmed = []
+    for i, tile in kept:
+        rows = np.flatnonzero(mask[row0[i] : row1[i], col0[i] : col1[i]].any(axis=1))
+        columns = np.flatnonzero(mask[row0[i] : row1[i], col0[i] : col1[i]].any(axis=0))
+        core_x, core_y, core_width, core_height = tile.core
+        tissue_x0 = max(core_x, origin_x + (col0[i] + columns[0]) * mask_downsample)
+        tissue_x1 = min(core_x + core_width, origin_x + (col0[i] + columns[-1] + 1) * mask_downsample)
+        tissue_y0 = max(core_y, origin_y + (row0[i] + rows[0]) * mask_downsample)
+        tissue_y1 = min(core_y + core_height, origin_y + (row0[i] + rows[-1] + 1) * mask_downsample)
+        x, width_read = _trimmed_span(tile.read[0], tile.read[2], tissue_x0 - tile.context, tissue_x1 + tile.context, trim_to)
+        y, height_read = _trimmed_span(tile.read[1], tile.read[3], tissue_y0 - tile.context, tissue_y1 + tile.context, trim_to)
+        trimmed.append(replace(tile, read=(x, y, width_read, height_read)))
+    return trimmed
+
+
+def _trimmed_span(start: int, length: int, wanted_start: float, wanted_end: float, multiple: int) -> tuple[int, int]:
+    """(start, length) of the span [start, start + length) shrunk by whole ``multiple``s from
+    either end while still covering [wanted_start, wanted_end)."""
+    cut_before = max(0, math.floor((wanted_start - start) / multiple)) * multiple
+    cut_after = max(0, math.floor((start + length - wanted_end) / multiple)) * multiple
+    return start + cut_before, max(multiple, length - cut_before - cut_after)
 
 
 def region_mask_from_geojson(path: Path, offset: tuple[float, float] = (0.0, 0.0)) -> list[shapely.Polygon]:
