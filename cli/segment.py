@@ -86,7 +86,7 @@ def _layouts(field: int) -> str:
                    f"tiled outlines are to one pass over the whole slide [default: {_layouts(1)}; with --tile-size: up to an eighth of it].")
 @click.option("--batch-size", type=int, default=None, help=f"Tiles per network pass [default: {_layouts(2)}].")
 @precision_option(SegmentConfig.precision, "auto: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16, else fp32.")
-@click.option("--threads", type=int, default=SegmentConfig.reader_threads, show_default=True, help="Slide-reading threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Slide-reading threads [default: one per core].")
 @click.option("--bounds-offset/--no-bounds-offset", default=SegmentConfig.subtract_bounds, show_default=True,
               help="Subtract the slide's OpenSlide bounds from coordinates, as QuPath does.")
 @click.option("--cell-expansion", type=float, default=SegmentConfig.cell_expansion, show_default=True, metavar="MICRONS",

@@ -252,7 +252,7 @@ class SegmentConfig:
     roi: tuple[int, int, int, int] | None = None  # (x, y, width, height) in level-0 px
     roi_geojson: Path | None = None  # QuPath annotations (level-0 px) restricting the work
     subtract_bounds: bool = True  # coordinates relative to OpenSlide's bounds (as QuPath shows them)
-    reader_threads: int = 4
+    reader_threads: int | None = None  # slide-reading threads; None: one per core
     precision: str = "auto"  # auto: bf16 on CUDA (fp16 without bf16) and on CPUs with native bf16, else fp32
     # The tissue mask is computed on a thumbnail at about this resolution (µm/px), with its longer
     # side between 256 and thumbnail_size px (coarser for slides longer than 8 mm).
@@ -271,7 +271,7 @@ class SegmentConfig:
             raise ValueError(f"--context {self.context}: must be less than half of --tile-size")
         if not self.tissue_microns_per_pixel > 0 or self.thumbnail_size < 1:
             raise ValueError("the tissue-mask resolution and thumbnail size must be positive")
-        if (self.batch_size is not None and self.batch_size < 1) or self.reader_threads < 1:
+        if (self.batch_size is not None and self.batch_size < 1) or (self.reader_threads is not None and self.reader_threads < 1):
             raise ValueError("--batch-size and reader threads must be at least 1")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {PRECISIONS}")

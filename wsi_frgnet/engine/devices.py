@@ -66,6 +66,12 @@ def autocast_dtype(precision: str, device: torch.device, training: bool = False)
 MAX_CPU_STREAMS = 4
 
 
+def core_count() -> int:
+    """The cores this process computes on: torch's thread count (``OMP_NUM_THREADS``,
+    ``torch.set_num_threads``, else the machine's cores)."""
+    return torch.get_num_threads()
+
+
 def network_thread_shares(device: torch.device) -> list[int]:
     """Intra-op threads of each network stream (one list entry per stream) on ``device``.
 
@@ -73,10 +79,9 @@ def network_thread_shares(device: torch.device) -> list[int]:
     independently: two single-threaded streams outrun one two-threaded stream (on 2 cores, 512²
     tiles in bf16: 14.1 vs 12.0 tiles/s), most likely because intra-op threads synchronise at
     every layer.
-    The core count is torch's thread count (``OMP_NUM_THREADS`` or ``torch.set_num_threads``).
-    On CUDA: one stream.
+    The core count is :func:`core_count`. On CUDA: one stream.
     """
-    cores = torch.get_num_threads()
+    cores = core_count()
     if device.type != "cpu":
         return [cores]
     streams = max(1, min(MAX_CPU_STREAMS, cores))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from wsi_frgnet.config import SegmentConfig, config_to_dict
 from wsi_frgnet.engine.decode import decode_batch
 from wsi_frgnet.engine.devices import (
     autocast_dtype,
+    core_count,
     network_executor,
     network_thread_shares,
 )
@@ -159,15 +159,16 @@ def iterate_nuclei(
     )
     postprocess = _TileResults(model, plan, config)
     shares = network_thread_shares(device)
-    readers = ThreadPoolExecutor(config.reader_threads, thread_name_prefix="read")
+    reader_threads = config.reader_threads or core_count()
+    readers = ThreadPoolExecutor(reader_threads, thread_name_prefix="read")
     engine = network_executor(shares)
     # On CPU each stream post-processes its own batches; on CUDA a pool of threads, one per
     # core left (numpy, shapely and torch release the GIL for most of it), does, so that the
     # next batches reach the GPU meanwhile. Results are taken in tile order all the same.
-    post_threads = max(1, (os.cpu_count() or 2) - 2) if device.type != "cpu" else 0
+    post_threads = max(1, core_count() - 2) if device.type != "cpu" else 0
     post = ThreadPoolExecutor(post_threads, thread_name_prefix="post") if post_threads else None
     in_flight: deque[Future] = deque()  # per batch, in tile order: network job → post-processing job
-    depth = max(len(shares) + 2, 2 * config.reader_threads // config.batch_size + 1, 2 * post_threads)
+    depth = max(len(shares) + 2, 2 * reader_threads // config.batch_size + 1, 2 * post_threads)
     emitted = oversized = 0
 
     def run_batch(tiles: list[Tile], reads: list[Future]) -> Future:
