@@ -179,6 +179,25 @@ def test_glass_is_skipped_by_the_tissue_mask(tmp_path, model, slide_image):
     assert abs(with_mask.nuclei - without.nuclei) <= 2
 
 
+def test_tiles_read_only_their_tissue_in_quarter_tile_steps(tmp_path, model, slide_image):
+    from wsi_frgnet.engine.planning import plan_slide
+    from wsi_frgnet.io.slide import open_slide
+
+    rgb, _ = slide_image
+    canvas = np.full((384, 1024, 3), 250, dtype=np.uint8)
+    canvas[:, :200] = rgb[:, :200]  # tissue in the first 200 px of the first tile's 384 px core
+    slide = write_pyramidal_tiff(tmp_path / "slide.tiff", canvas, mpp=0.25, levels=2)
+    config = SegmentConfig(tile_size=512, context=64, batch_size=2)
+    with open_slide(slide) as opened:
+        (first,) = [tile for tile in plan_slide(opened, model, config).tiles if tile.core[0] == 0]
+    x, _, width, _ = first.read
+    assert width < 512 and width % 128 == 0 and x == -64  # cut by a quarter tile on the right
+    assert x + width >= 200 + 64  # the tissue and its context are read
+    trimmed = segment_slide(slide, model, config, tmp_path / "a.geojson", quiet=True)
+    whole = segment_slide(slide, model, SegmentConfig(tile_size=512, context=64, tissue_mask=False), tmp_path / "b.geojson", quiet=True)
+    assert trimmed.nuclei > 10 and abs(trimmed.nuclei - whole.nuclei) <= 1
+
+
 def test_nuclei_larger_than_the_context_are_reported(tmp_path, model, slide_image, caplog):
     rgb, _ = slide_image
     slide = write_pyramidal_tiff(tmp_path / "slide.tiff", rgb, mpp=0.25, levels=1)

@@ -124,7 +124,10 @@ def plan_slide(slide: Slide, model: LoadedModel, config: SegmentConfig, anchored
     colour = align_colours(model.checkpoint.mean, model.checkpoint.data_mean, [thumbnail]) if config.colour_alignment and thumbnail is not None else None
     if config.tissue_mask and thumbnail is not None:
         mask = tissue_mask(thumbnail)
-        tiles = tiles_with_tissue(tiles, mask, thumbnail_downsample / factor, trim_to=multiple if trim else None)
+        # Reads trimmed to the tissue in quarter-tile steps: a few distinct input shapes (each new
+        # shape costs the network's kernels memory and set-up) for most of the saving of 32 px steps.
+        step = max(multiple, config.tile_size // 4 // multiple * multiple)
+        tiles = tiles_with_tissue(tiles, mask, thumbnail_downsample / factor, trim_to=step if trim else None)
         area_mm2 = min(area_mm2, float(mask.sum()) * (thumbnail_downsample * slide_mpp / 1000.0) ** 2)
     if not tiles:
         area_mm2 = 0.0  # the mask's tissue lies outside the region, if anywhere
