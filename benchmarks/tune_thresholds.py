@@ -4,7 +4,9 @@ The network runs once per image; each threshold combination only re-runs post-pr
 Prints mean PQ / AJI for every combination (best first) and, with --write, saves a copy of the
 model with the best thresholds stored in it. With --weights-from, the copy takes its weights
 from another model instead: tune on a model trained without the validation images, then store
-the thresholds in the same recipe trained on every image.
+the thresholds in the same recipe trained on every image. With --coarsest-mpp the copy reads
+coarser slides at no more than that µm/px (say a 20x slide at 0.36 although scale jitter 0.4
+would allow 0.42): accuracy rather than speed.
 
     python benchmarks/tune_thresholds.py --model model.pt DATA_DIR [--names held_out.txt] [--write tuned.pt]
 """
@@ -39,6 +41,9 @@ def main() -> None:
     parser.add_argument("--guide-filter", type=float, help="store this guide threshold instead of the best one")
     parser.add_argument("--half", action="store_true", help="store weights as float16 (half the file; loaded as float32)")
     parser.add_argument("--weights-from", type=Path, help="with --write: take the weights from this model (same architecture)")
+    parser.add_argument("--coarsest-mpp", type=float,
+                        help="with --write: read coarser slides at no more than this µm/px (between the model's µm/px "
+                             "and the coarsest its training's scale jitter covers)")
     parser.add_argument("--colour-alignment", action=argparse.BooleanOptionalAction, default=True,
                         help="align each image's colours with the training data's, as segment and evaluate do by default")
     parser.add_argument("--tta", action="store_true", help="average the network over each image's mirror images (segment --tta)")
@@ -80,6 +85,12 @@ def main() -> None:
         if args.half:
             checkpoint.state_dict = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint.state_dict.items()}
         checkpoint.postprocess = best
+        if args.coarsest_mpp is not None:
+            finest = checkpoint.microns_per_pixel
+            coarsest = checkpoint.coarsest_microns_per_pixel or finest
+            if finest is None or not finest <= args.coarsest_mpp <= coarsest:
+                parser.error(f"--coarsest-mpp {args.coarsest_mpp}: the model covers {finest}-{coarsest} µm/px")
+            checkpoint.coarsest_microns_per_pixel = args.coarsest_mpp
         checkpoint.provenance = {**checkpoint.provenance, "thresholds_tuned_on": [item.name for item in items]}
         if args.weights_from:
             checkpoint.provenance["thresholds_tuned_with"] = file_sha256(args.model)
