@@ -162,9 +162,9 @@ def tiles_with_tissue(
     (ox, oy) = ``mask_origin``, the working-px position of the mask's top-left corner (0, 0 for a
     thumbnail of the whole slide). Tiles whose core lies outside the mask are dropped.
 
-    ``trim_to`` (the network's size multiple): each kept tile reads only the bounding box of
-    its core's tissue grown by the tile's context, its read rectangle shrunk by multiples of
-    ``trim_to`` from each side, so that every place keeps its position modulo the network's
+    ``trim_to`` (a multiple of the network's size multiple): each kept tile reads only the
+    bounding box of its core's tissue grown by the tile's context, its read rectangle shrunk by
+    multiples of ``trim_to`` from each side, so that every place keeps its position modulo the network's
     strides (and its outlines). Parts of a core farther than the context from its tissue are
     then not looked at, as tiles without tissue are not.
     """
@@ -184,13 +184,13 @@ def tiles_with_tissue(
     row1 = np.clip(np.ceil((cores[:, 1] + cores[:, 3] - origin_y) / mask_downsample), 0, height).astype(np.int64)
     count = integral[row1, col1] - integral[row0, col1] - integral[row1, col0] + integral[row0, col0]
     keep = (col1 > col0) & (row1 > row0) & (count > 0)
-    kept = [(i, tile) for i, (tile, kept) in enumerate(zip(tiles, keep)) if kept]
     if not trim_to:
-        return [tile for _, tile in kept]
+        return [tile for tile, kept in zip(tiles, keep) if kept]
     trimmed = []
-    for i, tile in kept:
-        rows = np.flatnonzero(mask[row0[i] : row1[i], col0[i] : col1[i]].any(axis=1))
-        columns = np.flatnonzero(mask[row0[i] : row1[i], col0[i] : col1[i]].any(axis=0))
+    for i in np.flatnonzero(keep):
+        tile = tiles[i]
+        window = mask[row0[i] : row1[i], col0[i] : col1[i]]
+        rows, columns = np.flatnonzero(window.any(axis=1)), np.flatnonzero(window.any(axis=0))
         core_x, core_y, core_width, core_height = tile.core
         tissue_x0 = max(core_x, origin_x + (col0[i] + columns[0]) * mask_downsample)
         tissue_x1 = min(core_x + core_width, origin_x + (col0[i] + columns[-1] + 1) * mask_downsample)
@@ -204,10 +204,10 @@ def tiles_with_tissue(
 
 def _trimmed_span(start: int, length: int, wanted_start: float, wanted_end: float, multiple: int) -> tuple[int, int]:
     """(start, length) of the span [start, start + length) shrunk by whole ``multiple``s from
-    either end while still covering [wanted_start, wanted_end)."""
+    either end while still covering [wanted_start, wanted_end) (a non-empty part of the span)."""
     cut_before = max(0, math.floor((wanted_start - start) / multiple)) * multiple
     cut_after = max(0, math.floor((start + length - wanted_end) / multiple)) * multiple
-    return start + cut_before, max(multiple, length - cut_before - cut_after)
+    return start + cut_before, length - cut_before - cut_after
 
 
 def region_mask_from_geojson(path: Path, offset: tuple[float, float] = (0.0, 0.0)) -> list[shapely.Polygon]:
